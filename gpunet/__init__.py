@@ -1,0 +1,22 @@
+"""gpunet: multilayer perceptrons on a CUDA GPU with CuPy, or on the CPU with NumPy.
+
+>>> import gpunet as gn
+>>> net = gn.MLP([784, 512, 256, 10], output_activation="softmax")
+>>> (X, y), (Xt, yt) = gn.datasets.load_mnist()
+>>> hist = net.fit(X, y, epochs=10, batch_size=128, optimizer=gn.Adam(lr=1e-3))
+"""
+__version__ = "0.1.0"
+
+from gpunet import callbacks, datasets
+from gpunet.backend import DeviceUnavailableError, devices
+from gpunet.callbacks import Callback, CosineDecay, EarlyStopping, LearningRateScheduler, ModelCheckpoint, StepDecay
+from gpunet.io import load
+from gpunet.model import MLP
+from gpunet.optim import SGD, Adam, AdamW
+from gpunet.train import DivergenceError
+
+__all__ = [
+    "MLP", "SGD", "Adam", "AdamW", "load", "devices", "datasets", "callbacks", "DeviceUnavailableError",
+    "DivergenceError", "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "StepDecay",
+    "CosineDecay", "__version__",
+]

@@ -1,0 +1,252 @@
+"""Device resolution and the array namespace ``xp``.
+
+This is the only module that knows which array library runs the maths, and the only place where
+data crosses between host (NumPy) and device (CuPy): :meth:`Backend.to_device` and
+:meth:`Backend.to_host`. Everything else receives a :class:`Backend` and uses ``backend.xp``.
+
+CuPy is imported lazily and guarded. A CUDA device counts as usable only after a one-time smoke
+test (one elementwise kernel and one small matmul read back to the host), because a machine can
+report a device and still fail on the first kernel (no driver, no NVRTC).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import numpy as np
+
+log = logging.getLogger("gpunet")
+
+INSTALL_HINT = "install the CUDA extra matching your driver: pip install 'gpunet[cuda12]' or 'gpunet[cuda13]'"
+DTYPES = ("float32", "float64")
+
+
+class DeviceUnavailableError(RuntimeError):
+    """A CUDA device was requested but cannot be used; the message says why and what to install."""
+
+
+def namespace(a):
+    """The array namespace of ``a`` (``numpy``, ``cupy``, ``array_api_strict``, ...): CuPy's
+    ``get_array_module`` pattern through the Array-API ``__array_namespace__`` hook."""
+    return a.__array_namespace__()
+
+
+# ----------------------------------------------------------------------------- CUDA detection
+def _import_cupy():
+    """Return the ``cupy`` module or raise ``ImportError`` (never anything else)."""
+    try:
+        import cupy  # noqa: PLC0415  (lazy on purpose: importing gpunet must not need CUDA)
+    except Exception as exc:  # a broken install raises all sorts of errors at import
+        raise ImportError(f"CuPy is not installed or failed to import ({type(exc).__name__}: {exc})") from exc
+    return cupy
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_status(index: int = 0) -> tuple[bool, str]:
+    """Probe CUDA device ``index`` once per process.
+
+    Returns ``(True, "<device name>")`` or ``(False, "<reason>")``; never raises.
+    """
+    try:
+        cupy = _import_cupy()
+    except ImportError as exc:
+        return False, str(exc)
+    try:
+        if not cupy.cuda.is_available():
+            return False, "CuPy is installed but reports no usable CUDA device (no GPU or no driver)"
+        count = cupy.cuda.runtime.getDeviceCount()
+        if index >= count:
+            return False, f"cuda:{index} was requested but only {count} CUDA device(s) exist"
+        with cupy.cuda.Device(index):
+            x = cupy.arange(4, dtype=cupy.float32)
+            y = (x * 2.0 + 1.0).reshape(2, 2)
+            got = float((y @ y).sum().get())
+        if got != 144.0:  # [[1,3],[5,7]] @ [[1,3],[5,7]] = [[16,24],[40,64]]
+            return False, f"CUDA device {index} returned a wrong smoke-test result ({got} != 144.0)"
+        props = cupy.cuda.runtime.getDeviceProperties(index)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    except Exception as exc:  # CUDARuntimeError, NVRTC/cuBLAS load failures, ...
+        return False, f"CUDA device {index} failed its smoke test ({type(exc).__name__}: {exc})"
+    return True, name
+
+
+def devices() -> list[str]:
+    """Names of the usable devices: ``["cpu"]`` or ``["cpu", "cuda:0", ...]``."""
+    names = ["cpu"]
+    ok, _ = cuda_status(0)
+    if not ok:
+        return names
+    cupy = _import_cupy()
+    for i in range(cupy.cuda.runtime.getDeviceCount()):
+        if cuda_status(i)[0]:
+            names.append(f"cuda:{i}")
+    return names
+
+
+# ----------------------------------------------------------------------------- backends
+class Backend:
+    """An array namespace bound to one device.
+
+    Attributes
+    ----------
+    name : str
+        ``"cpu"``, ``"cuda:N"`` or, in tests, a stand-in such as ``"array_api_strict"``.
+    xp : module
+        The array namespace (``numpy``, ``cupy`` or an Array-API namespace).
+    kind : {"numpy", "cupy", "generic"}
+        Selects the fast primitives in :mod:`gpunet.ops`.
+    """
+
+    def __init__(self, name, xp, kind, device=None):
+        self.name, self.xp, self.kind, self.device = name, xp, kind, device
+        self._ops = None
+
+    def __repr__(self):
+        return f"Backend({self.name!r})"
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind == "cupy"
+
+    @property
+    def ops(self):
+        """The primitive set for this backend (reference, NumPy ``out=`` or fused CUDA)."""
+        if self._ops is None:
+            from gpunet import ops  # noqa: PLC0415  (ops imports activations, which import nothing here)
+            self._ops = ops.for_backend(self)
+        return self._ops
+
+    def dtype(self, name: str):
+        """The namespace's dtype object for ``"float32"``/``"float64"``/``"int64"``/``"bool"``."""
+        return getattr(self.xp, name)
+
+    # -- transfers: the only two places data crosses host <-> device -------------------------
+    def to_device(self, a, dtype: str | None = None):
+        """Copy a host array (or nested sequence) to this device, optionally casting it."""
+        a = np.asarray(a, dtype=dtype)
+        if self.kind == "numpy":
+            return np.ascontiguousarray(a)
+        if self.kind == "cupy":
+            with self.device:
+                return self.xp.asarray(np.ascontiguousarray(a))
+        return self.xp.asarray(a, dtype=self.dtype(str(a.dtype)), device=self.device)
+
+    def to_host(self, a) -> np.ndarray:
+        """Copy a device array to a new host ``numpy.ndarray`` (never a view of device data)."""
+        if self.kind == "numpy":
+            return np.array(a, copy=True)
+        if self.kind == "cupy":
+            return a.get()
+        return np.asarray(a.to_device(self.xp.Device("CPU_DEVICE")))
+
+    def item(self, a) -> float:
+        """A 0-d or 1-element device array as a Python float (one synchronising read)."""
+        return float(self.to_host(a).reshape(()))
+
+    def synchronize(self) -> None:
+        """Wait for all queued device work (a no-op on CPU)."""
+        if self.kind == "cupy":
+            self.device.synchronize()
+
+    def activate(self):
+        """Context manager making this device current (CuPy); a no-op elsewhere."""
+        if self.kind == "cupy":
+            return self.device
+        return _NullContext()
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+CPU = Backend("cpu", np, "numpy")
+
+
+def _cuda_backend(index: int) -> Backend:
+    ok, why = cuda_status(index)
+    if not ok:
+        raise DeviceUnavailableError(f"cannot use cuda:{index}: {why}; {INSTALL_HINT}")
+    cupy = _import_cupy()
+    return _cached_cuda_backend(index, cupy)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_cuda_backend(index, cupy):
+    return Backend(f"cuda:{index}", cupy, "cupy", device=cupy.cuda.Device(index))
+
+
+_announced = set()
+
+
+def resolve(device="auto") -> Backend:
+    """Turn a device spec into a :class:`Backend`.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda", "cuda:N"} or Backend
+        ``"auto"`` (or ``None``) honours ``$GPUNET_DEVICE`` when set, then picks ``cuda:0`` if it is
+        usable, otherwise the CPU, logging why once.
+
+    Raises
+    ------
+    DeviceUnavailableError
+        A CUDA device was named explicitly and cannot be used.
+    ValueError
+        The spec is not one of the forms above.
+    """
+    if isinstance(device, Backend):
+        return device
+    spec = "auto" if device is None else device
+    if not isinstance(spec, str):
+        raise ValueError(f"device must be a string such as 'auto', 'cpu', 'cuda' or 'cuda:0', got {device!r}")
+    spec = spec.strip().lower()
+    if spec == "auto" and os.environ.get("GPUNET_DEVICE", "").strip():
+        spec = os.environ["GPUNET_DEVICE"].strip().lower()
+    if spec == "cpu":
+        return CPU
+    if spec == "auto":
+        ok, why = cuda_status(0)
+        if ok:
+            return _cuda_backend(0)
+        if why not in _announced:
+            _announced.add(why)
+            log.info("gpunet: using the CPU (%s)", why)
+        return CPU
+    if spec == "cuda" or spec == "gpu":
+        return _cuda_backend(0)
+    if spec.startswith("cuda:"):
+        try:
+            index = int(spec[5:])
+        except ValueError:
+            index = -1
+        if index < 0:
+            raise ValueError(f"bad device {device!r}: expected 'cuda:N' with N a device number >= 0")
+        return _cuda_backend(index)
+    raise ValueError(f"unknown device {device!r}; choose one of 'auto', 'cpu', 'cuda', 'cuda:N'")
+
+
+def strict_backend() -> Backend:
+    """Test-only backend on ``array_api_strict``'s non-default device.
+
+    That namespace refuses what CuPy refuses (mixing with NumPy arrays or scalars, ``np.asarray`` on
+    device data, NumPy-only methods), so code that runs under it has no hidden host round-trips.
+    """
+    import array_api_strict as xps  # noqa: PLC0415  (test dependency only)
+
+    return Backend("array_api_strict", xps, "generic", device=xps.Device("device1"))
+
+
+def check_dtype(dtype) -> str:
+    """Normalise a float dtype spec (``"float32"``, ``np.float64``, ...) to its name."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return name

@@ -1,0 +1,147 @@
+"""Saving and loading models: one ``.npz`` file, no pickle, written atomically.
+
+Layout: ``params`` (the flat parameter buffer, in the model's dtype), ``opt.<name>`` (optimizer
+state buffers, same layout) and ``meta`` (UTF-8 JSON as a uint8 array: format and version,
+architecture, dtype, optimizer name/config/step, RNG states, epochs trained). Files are written to a
+temporary file beside the target, fsynced and renamed, so a crash never leaves half a model.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FORMAT = "gpunet.mlp"
+FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"cannot write {path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def model_metadata(model, include_optimizer=True):
+    from gpunet import __version__  # noqa: PLC0415
+
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "gpunet_version": __version__,
+        "layers": list(model.layer_sizes), "hidden_activation": model.hidden_activation,
+        "output_activation": model.output_activation, "dtype": model.dtype, "init": model.init,
+        "seed": model.seed, "l1": model.l1, "l2": model.l2, "dropout": model.dropout, "loss": model.loss,
+        "epochs_trained": model.epochs_trained,
+        "rng": {"shuffle": model.shuffle_rng.bit_generator.state, "dropout": model.dropout_rng.bit_generator.state},
+        "optimizer": None,
+    }
+    opt = model.optimizer
+    if include_optimizer and opt is not None:
+        meta["optimizer"] = {"name": opt.name, "config": opt.get_config(), "step_count": opt.step_count,
+                             "state": sorted(opt.state)}
+    return meta
+
+
+def save(model, path, include_optimizer=True, extra=None):
+    """Write ``model`` to ``path`` atomically. ``extra``: JSON-serialisable dict stored in the metadata."""
+    meta = model_metadata(model, include_optimizer)
+    if extra:
+        meta["extra"] = extra
+    arrays = {"params": model.backend.to_host(model.params)}
+    if meta["optimizer"]:
+        for k, v in model.optimizer.state.items():
+            arrays[f"opt.{k}"] = model.backend.to_host(v)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+    return os.fspath(path)
+
+
+def read(path):
+    """Read and check a model file; returns ``(meta, arrays)`` with host arrays. Raises ``ValueError``
+    naming the file when it is not a valid gpunet model (truncated, corrupted, pickled, wrong format)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such model file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
+        raise ValueError(f"{path} is not a readable gpunet model file (truncated or corrupted?): {exc}") from None
+    if "meta" not in arrays or "params" not in arrays:
+        raise ValueError(f"{path} is not a gpunet model file (missing 'meta' or 'params')")
+    try:
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: corrupted metadata ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a gpunet model file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path} has format version {meta.get('format_version')!r}; this gpunet reads version "
+                         f"{FORMAT_VERSION}: upgrade gpunet or re-save the model")
+    return meta, arrays
+
+
+def load(path, device="auto", dtype=None):
+    """Rebuild a model saved with :meth:`gpunet.MLP.save` on ``device`` (optimizer and RNG state
+    included, so ``fit`` continues where it stopped)."""
+    from gpunet import optim  # noqa: PLC0415
+    from gpunet.model import MLP  # noqa: PLC0415
+
+    meta, arrays = read(path)
+    try:
+        model = MLP(meta["layers"], meta["hidden_activation"], meta["output_activation"], device=device,
+                    dtype=dtype or meta["dtype"], seed=meta["seed"], init=meta["init"], l1=meta["l1"], l2=meta["l2"],
+                    dropout=meta["dropout"])
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ValueError) and "device" in str(exc):
+            raise
+        raise ValueError(f"{path}: invalid architecture in metadata ({exc})") from None
+    params = arrays["params"]
+    if params.ndim != 1 or params.shape[0] != model.n_params or params.dtype.kind != "f":
+        raise ValueError(f"{path}: parameter buffer has shape {params.shape} and dtype {params.dtype}, but the "
+                         f"architecture {meta['layers']} needs ({model.n_params},) floats")
+    if not np.isfinite(params).all():
+        raise ValueError(f"{path}: parameters contain NaN or Inf")
+    model.params[...] = model.backend.to_device(params, model.dtype)
+    model.loss = meta.get("loss")
+    model.epochs_trained = int(meta.get("epochs_trained", 0))
+    rng = meta.get("rng") or {}
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        model.shuffle_rng.bit_generator.state = rng["shuffle"]
+        model.dropout_rng.bit_generator.state = rng["dropout"]
+    opt_meta = meta.get("optimizer")
+    if opt_meta:
+        state = {k: arrays.get(f"opt.{k}") for k in opt_meta.get("state", [])}
+        if any(v is None or v.shape != params.shape for v in state.values()):
+            raise ValueError(f"{path}: optimizer state is missing or has the wrong shape")
+        state = {k: v.astype(model.dtype) for k, v in state.items()}
+        try:
+            model.optimizer = optim.from_config(opt_meta["name"], opt_meta["config"], state, opt_meta["step_count"],
+                                                model.backend)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: invalid optimizer metadata ({exc})") from None
+    model.metadata = meta
+    return model

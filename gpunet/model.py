@@ -1,0 +1,380 @@
+"""The multilayer perceptron: parameters, forward pass and backpropagation.
+
+Notation (rows are samples, ``B`` of them in a batch; layer ``l`` maps ``n_{l-1}`` to ``n_l`` units)::
+
+    a_0 = x                                   (B, n_0)
+    z_l = a_{l-1} @ W_l + b_l                 W_l (n_{l-1}, n_l), b_l (n_l,)
+    a_l = f(z_l)  (hidden),  a_L = g(z_L)     (B, n_l)
+
+    delta_L = dL/dz_L                         from :mod:`gpunet.losses`
+    dW_l = a_{l-1}.T @ delta_l,  db_l = sum_rows(delta_l)
+    delta_{l-1} = (delta_l @ W_l.T) * f'(a_{l-1})
+
+All parameters live in one flat device buffer ``params`` (``W1, b1, W2, b2, ...`` in that order, each
+row-major) and all gradients in a flat ``grads`` of the same layout; ``W``/``b``/``dW``/``db`` are
+views into them, so an optimizer step is a few whole-buffer operations. Activations and deltas live
+in preallocated per-batch-size workspaces.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gpunet import activations, backend as _backend, init as _init, losses, validation
+
+DEFAULT_EVAL_BATCH = 4096
+
+
+class _Workspace:
+    """Preallocated buffers for batches of up to ``rows`` samples."""
+
+    def __init__(self, model, rows):
+        zeros = model._zeros
+        sizes = model.layer_sizes
+        self.rows = rows
+        self.a = [zeros((rows, n)) for n in sizes]  # a[0]: the gathered batch; a[l]: layer l's output
+        self.z = zeros((rows, sizes[-1]))  # output-layer logits (kept for stable cross-entropies)
+        self.delta = [None] + [zeros((rows, n)) for n in sizes[1:]]
+        self.y = zeros((rows, sizes[-1]))
+        hidden = sizes[1:-1]
+        self.mask = [zeros((rows, n)) for n in hidden] if model.dropout else []
+        self.dropped = [zeros((rows, n)) for n in hidden] if model.dropout else []
+
+
+class MLP:
+    """A fully connected feed-forward network trained with mini-batch backpropagation.
+
+    Parameters
+    ----------
+    layers : sequence of int
+        Layer sizes ``[n_inputs, hidden..., n_outputs]``, e.g. ``[784, 512, 256, 10]``.
+    hidden_activation : {"relu", "sigmoid", "tanh", "linear"}
+    output_activation : {"linear", "sigmoid", "softmax", "tanh", "relu"}
+    device : {"auto", "cpu", "cuda", "cuda:N"}
+        Where the maths runs; ``"auto"`` picks a usable CUDA device, else the CPU.
+    dtype : {"float32", "float64"}
+    seed : int or None
+        Seeds the host RNGs for initial weights, batch order and dropout masks: the same seed gives
+        the same initial weights and batch order on every device.
+    init : {"auto", "he", "glorot"}
+        ``"auto"``: He normal for ReLU hidden layers, Glorot uniform elsewhere.
+    l1, l2 : float
+        Penalties ``l1 * sum|W| + l2 * sum W^2`` over the weight matrices (not biases), part of the
+        objective that ``fit`` minimises and ``evaluate`` reports.
+    dropout : float
+        Inverted-dropout rate on hidden-layer outputs during ``fit`` only.
+    """
+
+    def __init__(self, layers, hidden_activation="relu", output_activation="linear", *, device="auto",
+                 dtype="float32", seed=0, init="auto", l1=0.0, l2=0.0, dropout=0.0):
+        self.layer_sizes = validation.check_layers(layers)
+        self.hidden_activation = activations.canonical(hidden_activation, activations.HIDDEN, "hidden activation")
+        self.output_activation = activations.canonical(output_activation, activations.OUTPUT, "output activation")
+        self.dtype = _backend.check_dtype(dtype)
+        if seed is not None:
+            seed = validation.check_int("seed", seed, low=0)
+        if init not in _init.SCHEMES:
+            raise ValueError(f"unknown init {init!r}; choose one of {', '.join(_init.SCHEMES)}")
+        self.init = init
+        self.l1 = validation.check_fraction("l1", l1, high_open=False) if l1 else 0.0
+        self.l2 = validation.check_fraction("l2", l2, high_open=False) if l2 else 0.0
+        self.dropout = validation.check_fraction("dropout", dropout)
+        self.backend = _backend.resolve(device)
+        self.xp = self.backend.xp
+        self.seed = seed
+        init_seq, shuffle_seq, dropout_seq = np.random.SeedSequence(seed).spawn(3)
+        self.shuffle_rng = np.random.default_rng(shuffle_seq)
+        self.dropout_rng = np.random.default_rng(dropout_seq)
+        self._device_rng = None
+        self.optimizer = None
+        self.loss = None
+        self.epochs_trained = 0
+        self.stop_training = False
+        self._workspaces = {}
+        self._allocate()
+        host = _init.initial_weights(self.layer_sizes, self.hidden_activation, self.init, np.random.default_rng(init_seq))
+        self._write_flat(host)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def device(self) -> str:
+        return self.backend.name
+
+    @property
+    def n_params(self) -> int:
+        return int(self.params.shape[0])
+
+    def _zeros(self, shape):
+        with self.backend.activate():
+            if self.backend.kind == "generic":
+                return self.xp.zeros(shape, dtype=self.backend.dtype(self.dtype), device=self.backend.device)
+            return self.xp.zeros(shape, dtype=self.dtype)
+
+    def _allocate(self):
+        self.shapes = []
+        for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
+            self.shapes += [(n_in, n_out), (n_out,)]
+        total = sum(math.prod(s) for s in self.shapes)
+        self.params = self._zeros((total,))
+        self.grads = self._zeros((total,))
+        views = self._views(self.params)
+        gviews = self._views(self.grads)
+        self.W, self.b = views[0::2], views[1::2]
+        self.dW, self.db = gviews[0::2], gviews[1::2]
+
+    def _views(self, flat):
+        out, offset = [], 0
+        for shape in self.shapes:
+            size = math.prod(shape)
+            out.append(self.xp.reshape(flat[offset:offset + size], shape))
+            offset += size
+        return out
+
+    def _write_flat(self, host_arrays):
+        flat = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in host_arrays])
+        self.params[...] = self.backend.to_device(flat, self.dtype)
+
+    def get_weights(self):
+        """Host copies ``[W1 (n0, n1), b1 (n1,), W2, b2, ...]``."""
+        return _split(self.backend.to_host(self.params), self.shapes)
+
+    def set_weights(self, weights):
+        """Replace all parameters from host arrays in :meth:`get_weights` order and shapes.
+
+        Nothing changes unless every array has the right shape and finite real values.
+        """
+        if isinstance(weights, np.ndarray) or not hasattr(weights, "__len__"):
+            raise TypeError("weights must be a list of arrays [W1, b1, W2, b2, ...]")
+        if len(weights) != len(self.shapes):
+            raise ValueError(f"expected {len(self.shapes)} arrays [W1, b1, ...], got {len(weights)}")
+        host = []
+        for i, (w, shape) in enumerate(zip(weights, self.shapes)):
+            kind = "W" if i % 2 == 0 else "b"
+            arr = validation.as_float_array(f"{kind}{i // 2 + 1}", w)
+            if arr.shape != shape:
+                raise ValueError(f"{kind}{i // 2 + 1} must have shape {shape}, got {arr.shape}")
+            validation.check_finite(f"{kind}{i // 2 + 1}", arr)
+            host.append(arr)
+        self._write_flat(host)
+
+    # ------------------------------------------------------------------ forward / backward
+    def _workspace(self, rows):
+        ws = self._workspaces.get(rows)
+        if ws is None:
+            if len(self._workspaces) >= 4:  # a few sizes (train, eval, last call) are plenty
+                self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[rows] = _Workspace(self, rows)
+        return ws
+
+    def _forward(self, x, ws, train=False):
+        """Forward pass of ``x`` (r, n_0), r <= ws.rows; returns the output activations (r, n_L)
+        and the list of each layer's input (for backprop)."""
+        ops = self.backend.ops
+        r = x.shape[0]
+        inputs = [x]
+        for l in range(len(self.W) - 1):
+            a = ops.bias_activation(ops.matmul(inputs[-1], self.W[l], ws.a[l + 1][:r]), self.b[l], self.hidden_activation)
+            if train and self.dropout:
+                mask = self._dropout_mask(ws.mask[l][:r])
+                a = ops.scale_(_copy_into(ws.dropped[l][:r], a), mask)
+            inputs.append(a)
+        z = ops.matmul(inputs[-1], self.W[-1], ws.z[:r])
+        z += self.b[-1]
+        return ops.activation(self.output_activation, z, ws.a[-1][:r]), inputs
+
+    def _backward(self, ws, inputs, train=False):
+        """Fill ``grads`` from ``ws.delta[L]`` (dL/dz of the output layer, already computed).
+        ``train`` says the forward pass applied the dropout masks in ``ws.mask``."""
+        ops = self.backend.ops
+        r = inputs[0].shape[0]
+        delta = ws.delta[-1][:r]
+        for l in range(len(self.W) - 1, -1, -1):
+            ops.matmul_tn(inputs[l], delta, self.dW[l])
+            ops.sum_rows(delta, self.db[l])
+            if l:
+                prev = ops.matmul_nt(delta, self.W[l], ws.delta[l][:r])
+                if train and self.dropout:
+                    ops.scale_(prev, ws.mask[l - 1][:r])
+                delta = ops.activation_backward(prev, ws.a[l][:r], self.hidden_activation)
+
+    def _penalty(self):
+        """``l1 * sum|W| + l2 * sum W^2`` as a 0-d device array; adds its gradient to ``dW``."""
+        xp = self.xp
+        value = 0.0
+        for W, dW in zip(self.W, self.dW):
+            if self.l2:
+                value = value + self.l2 * xp.sum(W * W)
+                dW += (2.0 * self.l2) * W
+            if self.l1:
+                value = value + self.l1 * xp.sum(xp.abs(W))
+                dW += self.l1 * xp.sign(W)
+        return value
+
+    def _penalty_value(self):
+        xp = self.xp
+        return sum(self.l2 * xp.sum(W * W) + self.l1 * xp.sum(xp.abs(W)) for W in self.W)
+
+    def _dropout_mask(self, out):
+        """Fill ``out`` with 0 (dropped) or 1/(1-p) (kept), from the seeded dropout RNG."""
+        keep = 1.0 - self.dropout
+        if self.backend.kind == "numpy":
+            self.dropout_rng.random(out=out, dtype=out.dtype)
+            out += keep
+            np.floor(out, out=out)  # u + keep >= 1  <=>  u >= p
+            out *= 1.0 / keep
+            return out
+        if self.backend.kind == "cupy":
+            if self._device_rng is None:
+                self._device_rng = self.xp.random.default_rng(int(self.dropout_rng.integers(2 ** 63)))
+            u = self._device_rng.random(out.shape, dtype=out.dtype)
+        else:
+            u = self.backend.to_device(self.dropout_rng.random(out.shape), self.dtype)
+        out[...] = self.xp.floor(u + keep) * (1.0 / keep)
+        return out
+
+    def _step_gradients(self, x, y, ws, loss, train):
+        """Forward + backward on one batch; returns (loss 0-d array, output activations)."""
+        a_out, inputs = self._forward(x, ws, train=train)
+        r = x.shape[0]
+        value = self.backend.ops.loss_delta(loss, self.output_activation, ws.z[:r], a_out, y, ws.delta[-1][:r])
+        self._backward(ws, inputs, train)
+        if self.l1 or self.l2:
+            value = value + self._penalty()
+        return value, a_out
+
+    # ------------------------------------------------------------------ public API
+    def _resolve_loss(self, loss):
+        if loss is None:
+            loss = self.loss or {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}.get(self.output_activation, "mse")
+        loss = losses.canonical(loss)
+        need = losses.REQUIRED_OUTPUT.get(loss)
+        if need and self.output_activation != need:
+            raise ValueError(f"loss {loss!r} needs output_activation={need!r}, but this network's output is "
+                             f"{self.output_activation!r}")
+        return loss
+
+    def _upload(self, X, y, loss, name="X"):
+        """Validate on the host, then upload ``X`` and float targets ``Y`` (n, n_L) once."""
+        Xh = validation.check_X(X, self.layer_sizes[0], name)
+        Xd = self.backend.to_device(Xh, self.dtype)
+        if y is None:
+            return Xd, None
+        yname = "y" if name == "X" else f"{name} targets"
+        Yh = validation.check_targets(y, Xh.shape[0], self.layer_sizes[-1], loss, yname)
+        return Xd, self.backend.to_device(Yh, self.dtype)
+
+    def loss_and_gradients(self, X, y, loss=None):
+        """Objective value and its exact gradient on the full set ``(X, y)`` (dropout off).
+
+        Returns ``(value, grads)`` with ``grads`` host arrays in :meth:`get_weights` order/shapes.
+        The value is what :meth:`evaluate` reports as ``"loss"``.
+        """
+        loss = self._resolve_loss(loss)
+        Xd, Yd = self._upload(X, y, loss)
+        with self.backend.activate():
+            ws = self._workspace(Xd.shape[0])
+            value, _ = self._step_gradients(Xd, Yd, ws, loss, train=False)
+            return self.backend.item(value), _split(self.backend.to_host(self.grads), self.shapes)
+
+    def _predict_device(self, Xd, batch_size):
+        rows = min(batch_size, Xd.shape[0])
+        ws = self._workspace(rows)
+        out = self._zeros((Xd.shape[0], self.layer_sizes[-1]))
+        for s in range(0, Xd.shape[0], rows):
+            a, _ = self._forward(Xd[s:s + rows], ws)
+            out[s:s + rows] = a
+        return out
+
+    def predict(self, X, batch_size=DEFAULT_EVAL_BATCH):
+        """Output activations for ``X`` (n, n_0) as a host array (n, n_L)."""
+        batch_size = validation.check_int("batch_size", batch_size, low=1)
+        Xd, _ = self._upload(X, None, None)
+        with self.backend.activate():
+            return self.backend.to_host(self._predict_device(Xd, batch_size))
+
+    def predict_classes(self, X, batch_size=DEFAULT_EVAL_BATCH):
+        """Class indices: argmax for several outputs, threshold 0.5 for one sigmoid output."""
+        p = self.predict(X, batch_size)
+        return p.argmax(axis=1) if p.shape[1] > 1 else (p[:, 0] > 0.5).astype(np.int64)
+
+    def _evaluate_device(self, Xd, Yd, loss, batch_size=DEFAULT_EVAL_BATCH):
+        """Loss (plus penalty) and accuracy of device data; one host read at the end."""
+        n = Xd.shape[0]
+        rows = min(batch_size, n)
+        ws = self._workspace(rows)
+        total = correct = 0.0
+        for s in range(0, n, rows):
+            x, y = Xd[s:s + rows], Yd[s:s + rows]
+            a, _ = self._forward(x, ws)
+            r = x.shape[0]
+            total = total + r * losses.value(loss, ws.z[:r], a, y)
+            if loss in losses.CLASSIFICATION:
+                correct = correct + self.backend.ops.correct(loss, a, y)
+        if self.l1 or self.l2:
+            total = total + n * self._penalty_value()
+        result = {"loss": self.backend.item(total) / n}
+        if loss in losses.CLASSIFICATION:
+            denom = n if loss == "cross_entropy" else n * self.layer_sizes[-1]
+            result["accuracy"] = self.backend.item(correct) / denom
+        return result
+
+    def evaluate(self, X, y, loss=None, batch_size=DEFAULT_EVAL_BATCH):
+        """``{"loss": float, "accuracy": float}`` (accuracy for cross-entropy losses only)."""
+        loss = self._resolve_loss(loss)
+        batch_size = validation.check_int("batch_size", batch_size, low=1)
+        Xd, Yd = self._upload(X, y, loss)
+        with self.backend.activate():
+            return self._evaluate_device(Xd, Yd, loss, batch_size)
+
+    def fit(self, X, y, epochs=1, batch_size=32, optimizer="adam", loss=None, validation_data=None,
+            shuffle=True, callbacks=None, verbose=1):
+        """Train with mini-batch gradient descent; returns a :class:`gpunet.train.History`.
+
+        See :func:`gpunet.train.fit` for the parameters.
+        """
+        from gpunet import train  # noqa: PLC0415  (train imports model)
+
+        return train.fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
+                         validation_data=validation_data, shuffle=shuffle, callbacks=callbacks, verbose=verbose)
+
+    def save(self, path, **kwargs):
+        """Write ``path`` (.npz: weights, optimizer state, JSON metadata; atomic, no pickle)."""
+        from gpunet import io  # noqa: PLC0415
+
+        return io.save(self, path, **kwargs)
+
+    def summary(self) -> str:
+        """A table of layers with shapes and parameter counts."""
+        lines = [f"MLP on {self.device} ({self.dtype}), {self.n_params:,} parameters",
+                 f"{'layer':<8}{'shape':<16}{'activation':<12}{'params':>12}"]
+        n_layers = len(self.W)
+        for i in range(n_layers):
+            n_in, n_out = self.layer_sizes[i], self.layer_sizes[i + 1]
+            act = self.output_activation if i == n_layers - 1 else self.hidden_activation
+            lines.append(f"{'dense_' + str(i + 1):<8}{f'{n_in} -> {n_out}':<16}{act:<12}{n_in * n_out + n_out:>12,}")
+        extras = [f"{k}={v}" for k, v in (("l1", self.l1), ("l2", self.l2), ("dropout", self.dropout)) if v]
+        if extras:
+            lines.append("regularization: " + ", ".join(extras))
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (f"MLP({list(self.layer_sizes)}, hidden_activation={self.hidden_activation!r}, "
+                f"output_activation={self.output_activation!r}, device={self.device!r}, dtype={self.dtype!r})")
+
+    def __str__(self):
+        return self.summary()
+
+
+def _copy_into(out, a):
+    out[...] = a
+    return out
+
+
+def _split(flat, shapes):
+    out, offset = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        out.append(flat[offset:offset + size].reshape(shape).copy())
+        offset += size
+    return out

@@ -1,0 +1,193 @@
+"""Optimizers over the flat parameter buffer, with ``torch.optim`` semantics.
+
+Each optimizer keeps its state (moments, step count) as flat device arrays the size of the parameter
+buffer, so one step is a few whole-buffer operations. The reference maths below runs on any
+Array-API namespace; when the backend offers a fused kernel (Numba on CPU, one CUDA kernel on GPU)
+it is used instead and tested against the reference.
+
+References: Kingma & Ba, "Adam", ICLR 2015; Loshchilov & Hutter, "Decoupled Weight Decay
+Regularization" (AdamW), ICLR 2019; Sutskever et al. 2013 (Nesterov momentum as in torch.optim.SGD).
+"""
+from __future__ import annotations
+
+import abc
+import math
+
+from gpunet.backend import namespace
+
+
+def _check_hyper(name, value, low=0.0, high=None, low_open=False):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    bad = not math.isfinite(value) or value < low or (low_open and value == low) or (high is not None and value >= high)
+    if bad:
+        rng = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'})"
+        raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
+    return value
+
+
+class Optimizer(abc.ABC):
+    """Base class: ``bind`` allocates state for a parameter buffer, ``step`` updates it in place."""
+
+    name = "optimizer"
+    state_names: tuple[str, ...] = ()
+
+    def __init__(self, lr):
+        self.lr = _check_hyper("lr", lr, low=0.0, low_open=True)
+        self.step_count = 0
+        self.state = {}
+        self._size = None
+
+    def bind(self, params):
+        """Allocate zeroed state like ``params`` unless state for this size already exists."""
+        if self._size == params.shape[0] and all(k in self.state for k in self.state_names):
+            return
+        xp = namespace(params)
+        self.state = {k: xp.zeros_like(params) for k in self.state_names}
+        self._size = params.shape[0]
+        self.step_count = 0
+
+    @abc.abstractmethod
+    def step(self, params, grads, ops=None):
+        """Update the flat ``params`` in place from the flat ``grads`` (same shape)."""
+
+    @abc.abstractmethod
+    def get_config(self) -> dict:
+        """Constructor arguments, JSON-serialisable."""
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, as ``torch.optim.SGD``:
+
+    ``g += wd * p``; with momentum ``buf = g`` on the first step, then
+    ``buf = momentum * buf + (1 - dampening) * g``; ``g = g + momentum * buf`` (Nesterov) or ``buf``;
+    ``p -= lr * g``.
+    """
+
+    name = "sgd"
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
+        super().__init__(lr)
+        self.momentum = _check_hyper("momentum", momentum, high=1.0)
+        self.dampening = _check_hyper("dampening", dampening, high=1.0 + 1e-12)
+        self.weight_decay = _check_hyper("weight_decay", weight_decay)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and (self.momentum == 0 or self.dampening != 0):
+            raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
+        self.state_names = ("momentum_buffer",) if self.momentum else ()
+
+    def get_config(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay, "dampening": self.dampening}
+
+    def step(self, params, grads, ops=None):
+        first = self.step_count == 0
+        self.step_count += 1
+        buf = self.state.get("momentum_buffer")
+        if ops is not None and ops.sgd is not None:
+            ops.sgd(params, grads, buf, lr=self.lr, momentum=self.momentum, dampening=self.dampening,
+                    weight_decay=self.weight_decay, nesterov=self.nesterov, first=first)
+            return
+        g = grads + self.weight_decay * params if self.weight_decay else grads
+        if self.momentum:
+            if first:
+                buf[...] = g
+            else:
+                buf *= self.momentum
+                buf += (1.0 - self.dampening) * g
+            g = g + self.momentum * buf if self.nesterov else buf
+        params -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam, as ``torch.optim.Adam`` (coupled L2 ``weight_decay``, optional AMSGrad):
+
+    ``m += (1 - b1)(g - m)``; ``v = b2 v + (1 - b2) g^2``;
+    ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+    """
+
+    name = "adam"
+    decoupled = False
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+        super().__init__(lr)
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.betas = (_check_hyper("beta1", b1, high=1.0), _check_hyper("beta2", b2, high=1.0))
+        self.eps = _check_hyper("eps", eps)
+        self.weight_decay = _check_hyper("weight_decay", weight_decay)
+        self.amsgrad = bool(amsgrad)
+        self.state_names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
+
+    def get_config(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay, "amsgrad": self.amsgrad}
+
+    def step(self, params, grads, ops=None):
+        self.step_count += 1
+        t = self.step_count
+        beta1, beta2 = self.betas
+        m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
+        vmax = self.state.get("max_exp_avg_sq")
+        if ops is not None and ops.adam is not None:
+            ops.adam(params, grads, m, v, vmax, lr=self.lr, beta1=beta1, beta2=beta2, eps=self.eps,
+                     weight_decay=self.weight_decay, step=t, amsgrad=self.amsgrad, decoupled=self.decoupled)
+            return
+        xp = namespace(params)
+        g = grads
+        if self.decoupled:
+            params *= 1.0 - self.lr * self.weight_decay
+        elif self.weight_decay:
+            g = grads + self.weight_decay * params
+        m += (1.0 - beta1) * (g - m)
+        v *= beta2
+        v += (1.0 - beta2) * (g * g)
+        if self.amsgrad:
+            vmax[...] = xp.maximum(vmax, v)
+            v = vmax
+        step_size = self.lr / (1.0 - beta1 ** t)
+        denom = xp.sqrt(v) / math.sqrt(1.0 - beta2 ** t) + self.eps
+        params -= step_size * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay, as ``torch.optim.AdamW``: ``p *= 1 - lr * wd`` before the
+    Adam step (default ``weight_decay=0.01``)."""
+
+    name = "adamw"
+    decoupled = True
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, amsgrad=False):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+def get(optimizer, **overrides) -> Optimizer:
+    """An :class:`Optimizer` from an instance or a name (``"sgd"``, ``"adam"``, ``"adamw"``)."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    key = optimizer.strip().lower() if isinstance(optimizer, str) else None
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)} "
+                         "or pass an instance such as gpunet.Adam(lr=1e-3)")
+    return OPTIMIZERS[key](**overrides)
+
+
+def from_config(name, config, state=None, step_count=0, backend=None):
+    """Rebuild an optimizer saved by :func:`gpunet.io.save` (host state arrays moved to ``backend``)."""
+    opt = get(name, **{k: tuple(v) if k == "betas" else v for k, v in config.items()})
+    if state:
+        opt.state = {k: backend.to_device(v) for k, v in state.items()}
+        opt._size = next(iter(opt.state.values())).shape[0]
+        opt.step_count = int(step_count)
+    return opt

@@ -1,0 +1,115 @@
+"""Input validation at the public boundary (scikit-learn's ``validate_data`` idea).
+
+Everything here runs on the host before anything is uploaded or any state changes, and raises
+``ValueError``/``TypeError`` with a message that says what is wrong and how to fix it. Internal
+functions trust their inputs.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def check_int(name, value, low=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def check_fraction(name, value, high_open=True):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not (0.0 <= value < 1.0 if high_open else 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1{')' if high_open else ']'}, got {value}")
+    return value
+
+
+def check_layers(layers):
+    try:
+        sizes = list(layers)
+    except TypeError:
+        raise TypeError(f"layers must be a sequence of layer sizes such as [784, 128, 10], got {layers!r}") from None
+    if len(sizes) < 2:
+        raise ValueError(f"layers needs at least an input and an output size, got {sizes!r}")
+    for s in sizes:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
+            raise ValueError(f"every layer size must be an integer >= 1, got {sizes!r}")
+    return tuple(int(s) for s in sizes)
+
+
+def as_float_array(name, X):
+    """A host float64-or-float32 ndarray from array-likes; rejects objects, strings, complex."""
+    if hasattr(X, "__cuda_array_interface__") or type(X).__module__.startswith("cupy"):
+        raise TypeError(f"{name} must be a host array (numpy); got a device array: call .get() first")
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:
+        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.float64)
+    return arr
+
+
+def check_finite(name, arr):
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+
+
+def check_X(X, n_features, name="X"):
+    """Validate inputs of shape (n_samples, n_features)."""
+    arr = as_float_array(name, X)
+    if arr.ndim == 1 and n_features == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 samples)")
+    if arr.shape[1] != n_features:
+        raise ValueError(f"{name} has {arr.shape[1]} features but the network's input layer has {n_features}")
+    check_finite(name, arr)
+    return arr
+
+
+def check_targets(y, n_samples, n_outputs, loss, name="y"):
+    """Validate targets for ``loss``; return a float64 host array of shape (n_samples, n_outputs).
+
+    Cross-entropy takes integer class labels (n,) in [0, n_outputs) or one-hot/probability rows
+    (n, n_outputs); binary cross-entropy takes values in [0, 1]; MSE/MAE take any finite values.
+    """
+    arr = as_float_array(name, y)
+    if arr.shape[:1] != (n_samples,):
+        got = arr.shape[0] if arr.ndim else "a scalar"
+        raise ValueError(f"{name} has {got} samples but X has {n_samples}")
+    check_finite(name, arr)
+    if loss == "cross_entropy":
+        if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1 and n_outputs > 1):
+            labels = arr.reshape(-1)
+            if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+                raise ValueError(f"{name}: cross_entropy needs integer class labels, got non-integer values")
+            lo, hi = labels.min(), labels.max()
+            if lo < 0 or hi >= n_outputs:
+                raise ValueError(f"{name}: class labels must be in [0, {n_outputs - 1}] for {n_outputs} outputs, "
+                                 f"got values in [{lo:g}, {hi:g}]")
+            onehot = np.zeros((n_samples, n_outputs))
+            onehot[np.arange(n_samples), labels.astype(np.int64)] = 1.0
+            return onehot
+        if arr.ndim != 2 or arr.shape[1] != n_outputs:
+            raise ValueError(f"{name} must be class labels (n,) or one-hot rows (n, {n_outputs}), got shape {arr.shape}")
+        if arr.min() < 0:
+            raise ValueError(f"{name}: one-hot/probability targets must be >= 0")
+        return arr.astype(np.float64)
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2 or arr.shape[1] != n_outputs:
+        raise ValueError(f"{name} must have shape ({n_samples}, {n_outputs}) to match the output layer, got {arr.shape}")
+    if loss == "binary_cross_entropy" and (arr.min() < 0 or arr.max() > 1):
+        raise ValueError(f"{name}: binary_cross_entropy targets must lie in [0, 1], got [{arr.min():g}, {arr.max():g}]")
+    return arr.astype(np.float64)
