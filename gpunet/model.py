@@ -57,8 +57,8 @@ class MLP:
     seed : int or None
         Seeds the host RNGs for initial weights, batch order and dropout masks: the same seed gives
         the same initial weights and batch order on every device.
-    init : {"auto", "he", "glorot"}
-        ``"auto"``: He normal for ReLU hidden layers, Glorot uniform elsewhere.
+    init : {"glorot", "he"}
+        Glorot uniform everywhere (default), or He normal for the hidden layers.
     l1, l2 : float
         Penalties ``l1 * sum|W| + l2 * sum W^2`` over the weight matrices (not biases), part of the
         objective that ``fit`` minimises and ``evaluate`` reports.
@@ -67,7 +67,7 @@ class MLP:
     """
 
     def __init__(self, layers, hidden_activation="relu", output_activation="linear", *, device="auto",
-                 dtype="float32", seed=0, init="auto", l1=0.0, l2=0.0, dropout=0.0):
+                 dtype="float32", seed=0, init="glorot", l1=0.0, l2=0.0, dropout=0.0):
         self.layer_sizes = validation.check_layers(layers)
         self.hidden_activation = activations.canonical(hidden_activation, activations.HIDDEN, "hidden activation")
         self.output_activation = activations.canonical(output_activation, activations.OUTPUT, "output activation")
@@ -174,29 +174,29 @@ class MLP:
         r = x.shape[0]
         inputs = [x]
         for l in range(len(self.W) - 1):
-            a = ops.bias_activation(ops.matmul(inputs[-1], self.W[l], ws.a[l + 1][:r]), self.b[l], self.hidden_activation)
+            a = ops.bias_activation(ops.matmul(inputs[-1], self.W[l], ws.a[l + 1][:r, ...]), self.b[l], self.hidden_activation)
             if train and self.dropout:
-                mask = self._dropout_mask(ws.mask[l][:r])
-                a = ops.scale_(_copy_into(ws.dropped[l][:r], a), mask)
+                mask = self._dropout_mask(ws.mask[l][:r, ...])
+                a = ops.scale_(_copy_into(ws.dropped[l][:r, ...], a), mask)
             inputs.append(a)
-        z = ops.matmul(inputs[-1], self.W[-1], ws.z[:r])
+        z = ops.matmul(inputs[-1], self.W[-1], ws.z[:r, ...])
         z += self.b[-1]
-        return ops.activation(self.output_activation, z, ws.a[-1][:r]), inputs
+        return ops.activation(self.output_activation, z, ws.a[-1][:r, ...]), inputs
 
     def _backward(self, ws, inputs, train=False):
         """Fill ``grads`` from ``ws.delta[L]`` (dL/dz of the output layer, already computed).
         ``train`` says the forward pass applied the dropout masks in ``ws.mask``."""
         ops = self.backend.ops
         r = inputs[0].shape[0]
-        delta = ws.delta[-1][:r]
+        delta = ws.delta[-1][:r, ...]
         for l in range(len(self.W) - 1, -1, -1):
             ops.matmul_tn(inputs[l], delta, self.dW[l])
             ops.sum_rows(delta, self.db[l])
             if l:
-                prev = ops.matmul_nt(delta, self.W[l], ws.delta[l][:r])
+                prev = ops.matmul_nt(delta, self.W[l], ws.delta[l][:r, ...])
                 if train and self.dropout:
-                    ops.scale_(prev, ws.mask[l - 1][:r])
-                delta = ops.activation_backward(prev, ws.a[l][:r], self.hidden_activation)
+                    ops.scale_(prev, ws.mask[l - 1][:r, ...])
+                delta = ops.activation_backward(prev, ws.a[l][:r, ...], self.hidden_activation)
 
     def _penalty(self):
         """``l1 * sum|W| + l2 * sum W^2`` as a 0-d device array; adds its gradient to ``dW``."""
@@ -237,7 +237,7 @@ class MLP:
         """Forward + backward on one batch; returns (loss 0-d array, output activations)."""
         a_out, inputs = self._forward(x, ws, train=train)
         r = x.shape[0]
-        value = self.backend.ops.loss_delta(loss, self.output_activation, ws.z[:r], a_out, y, ws.delta[-1][:r])
+        value = self.backend.ops.loss_delta(loss, self.output_activation, ws.z[:r, ...], a_out, y, ws.delta[-1][:r, ...])
         self._backward(ws, inputs, train)
         if self.l1 or self.l2:
             value = value + self._penalty()
@@ -282,8 +282,8 @@ class MLP:
         ws = self._workspace(rows)
         out = self._zeros((Xd.shape[0], self.layer_sizes[-1]))
         for s in range(0, Xd.shape[0], rows):
-            a, _ = self._forward(Xd[s:s + rows], ws)
-            out[s:s + rows] = a
+            a, _ = self._forward(Xd[s:s + rows, ...], ws)
+            out[s:s + rows, ...] = a
         return out
 
     def predict(self, X, batch_size=DEFAULT_EVAL_BATCH):
@@ -305,10 +305,10 @@ class MLP:
         ws = self._workspace(rows)
         total = correct = 0.0
         for s in range(0, n, rows):
-            x, y = Xd[s:s + rows], Yd[s:s + rows]
+            x, y = Xd[s:s + rows, ...], Yd[s:s + rows, ...]
             a, _ = self._forward(x, ws)
             r = x.shape[0]
-            total = total + r * losses.value(loss, ws.z[:r], a, y)
+            total = total + r * losses.value(loss, ws.z[:r, ...], a, y)
             if loss in losses.CLASSIFICATION:
                 correct = correct + self.backend.ops.correct(loss, a, y)
         if self.l1 or self.l2:

@@ -155,7 +155,8 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     model.optimizer, model.loss, model.stop_training = opt, loss, False
     if verbose:
         _ensure_log_handler()
-    with backend.activate(), _stop_on_sigint() as interrupted:
+    # overflow inside an epoch is reported once, as DivergenceError, not as a flood of warnings
+    with backend.activate(), _stop_on_sigint() as interrupted, np.errstate(all="ignore"):
         opt.bind(model.params)
         ws = model._workspace(B)
         snapshot = _Snapshot(model, opt)
@@ -178,8 +179,8 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
                 s = i * B
                 r = int(sizes[i])
                 rows = idx[s:s + r]
-                x = ops.take_rows(Xd, rows, ws.a[0][:r])
-                yb = ops.take_rows(Yd, rows, ws.y[:r])
+                x = ops.take_rows(Xd, rows, ws.a[0][:r, ...])
+                yb = ops.take_rows(Yd, rows, ws.y[:r, ...])
                 value, a_out = model._step_gradients(x, yb, ws, loss, train=True)
                 opt.step(model.params, model.grads, ops)
                 batch_loss[i] = value

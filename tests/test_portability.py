@@ -1,0 +1,120 @@
+"""The core runs unchanged under NumPy and array_api_strict (which refuses what CuPy refuses), and
+every fast CPU path equals the reference primitives."""
+import numpy as np
+import pytest
+
+import gpunet as gn
+from gpunet import backend, ops as _ops
+
+from conftest import strict_or_skip
+
+
+def make(device, **kw):
+    kw.setdefault("dtype", "float64")
+    return gn.MLP([5, 8, 6, 3], kw.pop("hidden", "tanh"), kw.pop("out", "softmax"), device=device, seed=7, **kw)
+
+
+def data(rng, n=13):
+    return rng.standard_normal((n, 5)), rng.integers(0, 3, size=n)
+
+
+@pytest.mark.parametrize("hidden,out,loss", [("relu", "softmax", "cross_entropy"), ("sigmoid", "sigmoid", "binary_cross_entropy"),
+                                             ("tanh", "linear", "mse"), ("relu", "tanh", "mae")])
+def test_strict_namespace_gives_the_same_numbers(hidden, out, loss, rng):
+    strict = strict_or_skip()
+    X, labels = data(rng)
+    y = labels if loss == "cross_entropy" else (np.eye(3)[labels] if loss == "binary_cross_entropy" else rng.standard_normal((13, 3)))
+    a, b = make("cpu", hidden=hidden, out=out), make(strict, hidden=hidden, out=out)
+    assert b.device == "array_api_strict"
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-12)
+    va, ga = a.loss_and_gradients(X, y, loss=loss)
+    vb, gb = b.loss_and_gradients(X, y, loss=loss)
+    assert va == pytest.approx(vb, rel=1e-12)
+    for x1, x2 in zip(ga, gb):
+        np.testing.assert_allclose(x1, x2, rtol=1e-10, atol=1e-14)
+    for opt in (lambda: gn.Adam(lr=0.01, amsgrad=True), lambda: gn.SGD(lr=0.05, momentum=0.9, nesterov=True)):
+        ha = a.fit(X, y, epochs=3, batch_size=4, optimizer=opt(), loss=loss, verbose=0)
+        hb = b.fit(X, y, epochs=3, batch_size=4, optimizer=opt(), loss=loss, verbose=0)
+        np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=1e-10)
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_allclose(wa, wb, rtol=1e-9, atol=1e-12)
+
+
+def test_strict_backend_really_rejects_numpy_mixing():
+    strict = strict_or_skip()
+    x = strict.to_device(np.ones((2, 2)))
+    with pytest.raises(TypeError):
+        x + np.ones((2, 2))
+    with pytest.raises(RuntimeError):
+        np.asarray(x)
+
+
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh", "linear"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_fast_ops_equal_reference(act, dtype, rng):
+    fast, ref = _ops.NumpyOps(backend.CPU), _ops.ArrayOps(backend.CPU)
+    tol = dict(rtol=2e-6 if dtype == "float32" else 1e-13, atol=1e-7 if dtype == "float32" else 1e-15)
+    z = (3 * rng.standard_normal((6, 4))).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    np.testing.assert_allclose(fast.bias_activation(z.copy(), b, act), ref.bias_activation(z.copy(), b, act), **tol)
+    a = ref.bias_activation(z.copy(), b, act)
+    d = rng.standard_normal((6, 4)).astype(dtype)
+    np.testing.assert_allclose(fast.activation_backward(d.copy(), a, act), ref.activation_backward(d.copy(), a, act), **tol)
+    for out in ("softmax", act):
+        np.testing.assert_allclose(fast.activation(out, z, np.empty_like(z)), ref.activation(out, z, np.empty_like(z)), **tol)
+    W = rng.standard_normal((4, 3)).astype(dtype)
+    for f in ("matmul",):
+        np.testing.assert_allclose(getattr(fast, f)(z, W, np.empty((6, 3), dtype)), z @ W, **tol)
+    np.testing.assert_allclose(fast.matmul_tn(z, d, np.empty((4, 4), dtype)), z.T @ d, **tol)
+    np.testing.assert_allclose(fast.matmul_nt(d, W.T.copy(), np.empty((6, 3), dtype)), d @ W, **tol)
+    np.testing.assert_allclose(fast.sum_rows(d, np.empty(4, dtype)), d.sum(axis=0), **tol)
+    idx = np.array([3, 0, 5])
+    np.testing.assert_array_equal(fast.take_rows(z, idx, np.empty((3, 4), dtype)), z[idx])
+    y = np.eye(4, dtype=dtype)[[0, 1, 2, 3, 0, 1]]
+    for loss, out in (("cross_entropy", "softmax"), ("binary_cross_entropy", "sigmoid"), ("mse", act)):
+        a_out = ref.activation(out, z, np.empty_like(z))
+        d1, d2 = np.empty_like(z), np.empty_like(z)
+        v1 = fast.loss_delta(loss, out, z, a_out, y, d1)
+        v2 = ref.loss_delta(loss, out, z, a_out, y, d2)
+        np.testing.assert_allclose(v1, v2, **tol)
+        np.testing.assert_allclose(d1, d2, **tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numba_optimizer_kernels_equal_reference(dtype, rng):
+    ops = backend.CPU.ops
+    if ops.adam is None:
+        pytest.skip("Numba not installed")
+    for make_opt in (lambda: gn.Adam(lr=1e-2, weight_decay=0.01, amsgrad=True), lambda: gn.AdamW(lr=1e-2),
+                     lambda: gn.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+                     lambda: gn.SGD(lr=0.1, momentum=0.5, dampening=0.1)):
+        p0 = rng.standard_normal(1000).astype(dtype)
+        fast_p, ref_p = p0.copy(), p0.copy()
+        fast, ref = make_opt(), make_opt()
+        fast.bind(fast_p)
+        ref.bind(ref_p)
+        for _ in range(10):
+            g = rng.standard_normal(1000).astype(dtype)
+            fast.step(fast_p, g, ops)
+            ref.step(ref_p, g, None)
+        tol = 1e-5 if dtype == "float32" else 1e-12
+        np.testing.assert_allclose(fast_p, ref_p, rtol=tol, atol=tol)
+        assert fast_p.dtype == np.dtype(dtype)
+
+
+def test_same_seed_same_weights_and_batch_order():
+    a, b = make("cpu", dtype="float32"), make("cpu", dtype="float32")
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    np.testing.assert_array_equal(a.shuffle_rng.permutation(100), b.shuffle_rng.permutation(100))
+    c = gn.MLP([5, 8, 6, 3], "tanh", "softmax", device="cpu", seed=8)
+    assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
+
+
+def test_float32_and_float64_start_from_the_same_weights():
+    a, b = make("cpu", dtype="float32"), make("cpu", dtype="float64")
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        assert wa.dtype == np.float32 and wb.dtype == np.float64
+        np.testing.assert_array_equal(wa, wb.astype(np.float32))
