@@ -244,7 +244,7 @@ def strict_backend() -> Backend:
 def check_dtype(dtype) -> str:
     """Normalise a float dtype spec (``"float32"``, ``np.float64``, ...) to its name."""
     try:
-        name = np.dtype(dtype).name
+        name = None if dtype is None else np.dtype(dtype).name
     except TypeError:
         name = None
     if name not in DTYPES:

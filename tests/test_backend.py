@@ -1,0 +1,119 @@
+"""Device resolution, including the CUDA branches a CPU machine can only reach by monkeypatching."""
+import logging
+import types
+
+import numpy as np
+import pytest
+
+import gpunet as gn
+from gpunet import backend
+
+
+@pytest.fixture(autouse=True)
+def fresh_probe():
+    backend.cuda_status.cache_clear()
+    backend._announced.clear()
+    yield
+    backend.cuda_status.cache_clear()
+
+
+def no_cupy(monkeypatch):
+    def fail():
+        raise ImportError("CuPy is not installed or failed to import (ModuleNotFoundError: No module named 'cupy')")
+    monkeypatch.setattr(backend, "_import_cupy", fail)
+
+
+def fake_cupy(monkeypatch, available=True, smoke_error=None, count=1):
+    class Device:
+        def __init__(self, i=0):
+            self.id = i
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    def arange(*a, **k):
+        if smoke_error:
+            raise smoke_error
+        raise AssertionError("unreachable in these tests")
+
+    cuda = types.SimpleNamespace(is_available=lambda: available, Device=Device,
+                                 runtime=types.SimpleNamespace(getDeviceCount=lambda: count))
+    mod = types.SimpleNamespace(cuda=cuda, arange=arange, float32="float32")
+    monkeypatch.setattr(backend, "_import_cupy", lambda: mod)
+
+
+def test_cpu_always_available():
+    assert gn.devices()[0] == "cpu"
+    assert backend.resolve("cpu") is backend.CPU
+    assert gn.MLP([2, 1], device="cpu").device == "cpu"
+
+
+def test_cuda_without_cupy_names_the_reason_and_the_extra(monkeypatch):
+    no_cupy(monkeypatch)
+    with pytest.raises(gn.DeviceUnavailableError, match=r"CuPy is not installed.*gpunet\[cuda12\]") as err:
+        gn.MLP([2, 1], device="cuda")
+    assert isinstance(err.value, RuntimeError)
+    assert gn.devices() == ["cpu"]
+
+
+def test_cupy_without_a_device(monkeypatch):
+    fake_cupy(monkeypatch, available=False)
+    with pytest.raises(gn.DeviceUnavailableError, match="no usable CUDA device"):
+        backend.resolve("cuda:0")
+
+
+def test_failing_smoke_test_is_unavailable(monkeypatch):
+    fake_cupy(monkeypatch, smoke_error=RuntimeError("cudaErrorInsufficientDriver: driver too old"))
+    with pytest.raises(gn.DeviceUnavailableError, match="smoke test.*cudaErrorInsufficientDriver"):
+        backend.resolve("cuda")
+
+
+def test_missing_device_index(monkeypatch):
+    fake_cupy(monkeypatch, count=1)
+    with pytest.raises(gn.DeviceUnavailableError, match="cuda:3 was requested but only 1"):
+        backend.resolve("cuda:3")
+
+
+def test_auto_falls_back_to_cpu_and_logs_why_once(monkeypatch, caplog):
+    no_cupy(monkeypatch)
+    monkeypatch.delenv("GPUNET_DEVICE", raising=False)
+    with caplog.at_level(logging.INFO, logger="gpunet"):
+        assert backend.resolve("auto") is backend.CPU
+        assert backend.resolve(None) is backend.CPU
+    lines = [r.getMessage() for r in caplog.records if "using the CPU" in r.getMessage()]
+    assert len(lines) == 1 and "CuPy is not installed" in lines[0]
+
+
+def test_env_variable_selects_device(monkeypatch):
+    no_cupy(monkeypatch)
+    monkeypatch.setenv("GPUNET_DEVICE", "cuda")
+    with pytest.raises(gn.DeviceUnavailableError):
+        backend.resolve("auto")
+    monkeypatch.setenv("GPUNET_DEVICE", "cpu")
+    assert backend.resolve("auto") is backend.CPU
+    assert backend.resolve("cpu") is backend.CPU  # an explicit device wins over the variable
+
+
+@pytest.mark.parametrize("bad", ["tpu", "cuda:x", "cuda:-1", 3, ""])
+def test_bad_device_spec(bad):
+    with pytest.raises(ValueError, match="device"):
+        backend.resolve(bad)
+
+
+def test_transfers_are_copies():
+    a = np.arange(4.0)
+    d = backend.CPU.to_device(a, "float32")
+    assert d.dtype == np.float32
+    h = backend.CPU.to_host(d)
+    h[0] = 99
+    assert d[0] == 0
+
+
+def test_dtype_names():
+    assert backend.check_dtype(np.float64) == "float64"
+    for bad in ("int32", "float16", "complex64", None):
+        with pytest.raises(ValueError, match="dtype must be one of float32, float64"):
+            backend.check_dtype(bad)

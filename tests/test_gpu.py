@@ -1,0 +1,110 @@
+"""CuPy backend: fused kernels against the reference ops, and CPU/GPU parity. Skipped without a GPU;
+``scripts/gpu-check`` runs them on a machine that has one."""
+import numpy as np
+import pytest
+
+import gpunet as gn
+from gpunet import backend, ops as _ops
+
+pytestmark = pytest.mark.gpu
+
+TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-13)}
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    return backend.resolve("cuda")
+
+
+def test_devices_lists_cuda(cuda):
+    assert "cuda:0" in gn.devices()
+    assert cuda.name == "cuda:0" and cuda.is_gpu
+    assert gn.MLP([2, 2], device="auto").device == "cuda:0"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh", "linear"])
+def test_fused_kernels_equal_reference_ops(cuda, act, dtype, rng):
+    fast, ref = cuda.ops, _ops.ArrayOps(cuda)
+    assert fast.name == "cuda"
+    dev = lambda a: cuda.to_device(np.asarray(a, dtype=dtype))  # noqa: E731
+    host = cuda.to_host
+    z = 3 * rng.standard_normal((33, 17))
+    b = rng.standard_normal(17)
+    d = rng.standard_normal((33, 17))
+    np.testing.assert_allclose(host(fast.bias_activation(dev(z), dev(b), act)), host(ref.bias_activation(dev(z), dev(b), act)), **TOL[dtype])
+    a = ref.bias_activation(dev(z), dev(b), act)
+    np.testing.assert_allclose(host(fast.activation_backward(dev(d), a, act)), host(ref.activation_backward(dev(d), a, act)), **TOL[dtype])
+    np.testing.assert_allclose(host(fast.activation(act, dev(z), dev(z * 0))), host(ref.activation(act, dev(z), dev(z * 0))), **TOL[dtype])
+    y = np.eye(17)[rng.integers(0, 17, 33)]
+    for loss, out in (("cross_entropy", "softmax"), ("binary_cross_entropy", "sigmoid"), ("mse", act)):
+        a1, a2 = ref.activation(out, dev(z), dev(z * 0)), ref.activation(out, dev(z), dev(z * 0))
+        d1, d2 = dev(z * 0), dev(z * 0)
+        v1 = fast.loss_delta(loss, out, dev(z), a1, dev(y), d1)
+        v2 = ref.loss_delta(loss, out, dev(z), a2, dev(y), d2)
+        assert cuda.item(v1) == pytest.approx(cuda.item(v2), rel=1e-5 if dtype == "float32" else 1e-12)
+        np.testing.assert_allclose(host(d1), host(d2), **TOL[dtype])
+        np.testing.assert_allclose(host(a1), host(a2), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("make", [lambda: gn.Adam(lr=1e-2, weight_decay=0.01, amsgrad=True), lambda: gn.AdamW(lr=1e-2),
+                                  lambda: gn.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)])
+def test_fused_optimizer_equals_reference(cuda, make, dtype, rng):
+    p0 = rng.standard_normal(5000).astype(dtype)
+    fast_p, ref_p = cuda.to_device(p0), cuda.to_device(p0)
+    fast, ref = make(), make()
+    fast.bind(fast_p)
+    ref.bind(ref_p)
+    for _ in range(10):
+        g = cuda.to_device(rng.standard_normal(5000).astype(dtype))
+        fast.step(fast_p, g, cuda.ops)
+        ref.step(ref_p, g, None)
+    np.testing.assert_allclose(cuda.to_host(fast_p), cuda.to_host(ref_p), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cpu_gpu_parity_init_forward_and_training(dtype, rng):
+    X = rng.standard_normal((256, 20))
+    y = rng.integers(0, 5, 256)
+    cpu = gn.MLP([20, 64, 32, 5], "relu", "softmax", device="cpu", dtype=dtype, seed=3)
+    gpu = gn.MLP([20, 64, 32, 5], "relu", "softmax", device="cuda", dtype=dtype, seed=3)
+    for a, b in zip(cpu.get_weights(), gpu.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    fwd = {"float32": 1e-5, "float64": 1e-12}[dtype]
+    np.testing.assert_allclose(cpu.predict(X), gpu.predict(X), rtol=fwd, atol=fwd)
+    # 100 steps: 4 epochs of 25 batches, same batch order on both devices
+    for net in (cpu, gpu):
+        net.fit(X, y, epochs=4, batch_size=10, optimizer=gn.Adam(lr=1e-3), verbose=0)
+    assert cpu.optimizer.step_count == gpu.optimizer.step_count == 104
+    close = {"float32": 2e-3, "float64": 1e-9}[dtype]
+    for a, b in zip(cpu.get_weights(), gpu.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=close, atol=close)
+
+
+def test_mnist_accuracy_matches_cpu():
+    (X, y), (Xt, yt) = gn.datasets.load_mnist()
+    acc = {}
+    for device in ("cpu", "cuda"):
+        net = gn.MLP([784, 512, 256, 10], "relu", "softmax", device=device, seed=0)
+        net.fit(X, y, epochs=2, batch_size=128, optimizer=gn.Adam(lr=1e-3), verbose=0)
+        acc[device] = net.evaluate(Xt, yt)["accuracy"]
+    assert acc["cuda"] > 0.97
+    assert abs(acc["cuda"] - acc["cpu"]) <= 0.002, acc
+
+
+def test_save_on_gpu_load_on_cpu(tmp_path, rng):
+    X = rng.standard_normal((10, 4))
+    net = gn.MLP([4, 8, 3], output_activation="softmax", device="cuda")
+    net.fit(X, rng.integers(0, 3, 10), epochs=2, batch_size=4, verbose=0)
+    net.save(tmp_path / "m.npz")
+    back = gn.load(tmp_path / "m.npz", device="cpu")
+    np.testing.assert_allclose(back.predict(X), net.predict(X), rtol=1e-5, atol=1e-6)
+
+
+def test_gpu_dropout_trains(rng):
+    X = rng.standard_normal((300, 4))
+    y = (X.sum(axis=1) > 0).astype(int)
+    net = gn.MLP([4, 32, 2], "relu", "softmax", device="cuda", seed=0, dropout=0.3)
+    net.fit(X, y, epochs=40, batch_size=32, optimizer=gn.Adam(lr=0.01), verbose=0)
+    assert net.evaluate(X, y)["accuracy"] > 0.93
