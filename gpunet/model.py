@@ -327,11 +327,12 @@ class MLP:
         with self.backend.activate():
             return self._evaluate_device(Xd, Yd, loss, batch_size)
 
-    def fit(self, X, y, epochs=1, batch_size=32, optimizer="adam", loss=None, validation_data=None,
+    def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
             shuffle=True, callbacks=None, verbose=1):
-        """Train with mini-batch gradient descent; returns a :class:`gpunet.train.History`.
+        """Train with mini-batch gradient descent; returns a :class:`gpunet.callbacks.History`.
 
-        See :func:`gpunet.train.fit` for the parameters.
+        ``optimizer=None`` continues with the model's previous optimizer (state included; after
+        :func:`gpunet.load` the saved one), or starts ``Adam()``. See :func:`gpunet.train.fit`.
         """
         from gpunet import train  # noqa: PLC0415  (train imports model)
 

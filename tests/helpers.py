@@ -1,0 +1,46 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from gpunet import datasets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gpunet_cli(*args, timeout=240, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("GPUNET_DEVICE", None)
+    env.pop("GPUNET_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "gpunet", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)
+
+
+def write_small_mnist(folder, n_train=600, n_test=200, seed=0):
+    """Synthetic digits in the real IDX format: class k lights up a k-dependent block of pixels."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = (rng.uniform(0, 60, (n, 28, 28))).astype(np.uint8)
+        for i, k in enumerate(labels):
+            r, c = 2 + 2 * k, 4 + (k % 5) * 4
+            images[i, r:r + 6, c:c + 6] = 250
+        datasets.write_idx_gz(folder / f"{split}-images-idx3-ubyte.gz", images)
+        datasets.write_idx_gz(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def assert_png(path, min_bytes=2000):
+    path = Path(path)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert len(data) > min_bytes, f"{path} is suspiciously small ({len(data)} bytes)"
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(path)
+    assert img.shape[0] > 100 and img.shape[1] > 100
+    assert img[..., :3].std() > 0.01, f"{path} is blank"
