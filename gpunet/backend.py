@@ -149,6 +149,13 @@ class Backend:
         if self.kind == "cupy":
             self.device.synchronize()
 
+    def is_out_of_memory(self, exc) -> bool:
+        """Whether ``exc`` is an allocation failure on this device (host ``MemoryError`` or CuPy's
+        ``OutOfMemoryError``)."""
+        if isinstance(exc, MemoryError):
+            return True
+        return self.kind == "cupy" and type(exc).__name__ == "OutOfMemoryError"
+
     def activate(self):
         """Context manager making this device current (CuPy); a no-op elsewhere."""
         if self.kind == "cupy":

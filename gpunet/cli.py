@@ -442,7 +442,7 @@ def main(argv=None):
         if isinstance(exc, DivergenceError):
             code = 1
         message = " ".join(str(exc).split()) or type(exc).__name__
-        if code == 1 and not isinstance(exc, (DivergenceError, OSError, CLIError)):
+        if code == 1 and not isinstance(exc, (DivergenceError, OSError, CLIError, MemoryError)):
             message = f"internal error ({type(exc).__name__}): {message}; rerun with GPUNET_DEBUG=1 for a traceback"
         print(f"gpunet: error: {message}", file=sys.stderr)
         return code

@@ -29,6 +29,10 @@ class DivergenceError(RuntimeError):
     """The training loss became NaN or Inf; the model keeps its last finite weights."""
 
 
+class OutOfMemoryError(MemoryError):
+    """Training ran out of device (or host) memory; the message suggests a smaller batch size."""
+
+
 class _Snapshot:
     """Start-of-epoch copy of everything one epoch of training changes."""
 
@@ -143,90 +147,133 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     val = _check_validation_data(model, validation_data, loss)
     cbs = _callbacks.CallbackList(callbacks, model)
     # ---- nothing above changed any state; from here on the model trains ----
-    backend, ops = model.backend, model.backend.ops
-    n = Xd.shape[0]
-    B = min(batch_size, n)
-    n_batches = math.ceil(n / B)
-    sizes = np.full(n_batches, B, dtype=np.float64)
-    sizes[-1] = n - B * (n_batches - 1)
-    classification = loss in losses.CLASSIFICATION
-    acc_denominator = n if loss == "cross_entropy" else n * model.layer_sizes[-1]
-    history = _callbacks.History()
     model.optimizer, model.loss, model.stop_training = opt, loss, False
     if verbose:
         _ensure_log_handler()
+    trainer = _Trainer(model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose)
+    backend = model.backend
     # overflow inside an epoch is reported once, as DivergenceError, not as a flood of warnings
     with backend.activate(), _stop_on_sigint() as interrupted, np.errstate(all="ignore"):
-        opt.bind(model.params)
-        ws = model._workspace(B)
-        snapshot = _Snapshot(model, opt)
+        try:
+            trainer.allocate()
+        except Exception as exc:
+            if not backend.is_out_of_memory(exc):
+                raise
+            raise OutOfMemoryError(_oom_message(model, trainer.B, "allocating the training buffers")) from None
         cbs.begin()
         cbs.on_train_begin()
         final_epoch = model.epochs_trained + epochs
         for _ in range(epochs):
             epoch = model.epochs_trained
             cbs.on_epoch_begin(epoch)
-            snapshot.take(model, opt)
-            order = model.shuffle_rng.permutation(n) if shuffle else np.arange(n)
-            idx = backend.to_device(order.astype(np.int64))
-            batch_loss = model._zeros((n_batches,))
-            batch_correct = model._zeros((n_batches,)) if classification else None
-            bar = _progress(verbose, n, epoch + 1, final_epoch)
-            report_every = max(1, n_batches // 20)
-            t0 = time.perf_counter()
-            done = 0
-            for i in range(n_batches):
-                s = i * B
-                r = int(sizes[i])
-                rows = idx[s:s + r]
-                x = ops.take_rows(Xd, rows, ws.a[0][:r, ...])
-                yb = ops.take_rows(Yd, rows, ws.y[:r, ...])
-                value, a_out = model._step_gradients(x, yb, ws, loss, train=True)
-                opt.step(model.params, model.grads, ops)
-                batch_loss[i] = value
-                if classification:
-                    batch_correct[i] = ops.correct(loss, a_out, yb)
-                done = i + 1
-                if cbs.wants_batches:
-                    cbs.on_batch_end(i, {"size": r})
-                if bar is not None:
-                    bar.update(r)
-                    if i % report_every == 0:
-                        bar.set_postfix(loss=f"{backend.item(batch_loss[i]):.4g}", refresh=False)
-                if interrupted.is_set():
-                    break
-            host_loss = backend.to_host(batch_loss)[:done]
-            seconds = time.perf_counter() - t0
-            if bar is not None:
-                bar.close()
-            if interrupted.is_set():
-                snapshot.restore(model, opt)
-                history.interrupted = True
+            try:
+                logs = trainer.epoch(epoch, final_epoch, cbs, interrupted)
+            except Exception as exc:
+                if not backend.is_out_of_memory(exc):
+                    raise
+                trainer.snapshot.restore(model, opt)
+                raise OutOfMemoryError(_oom_message(model, trainer.B, f"training epoch {epoch + 1}")) from None
+            if logs is None:  # interrupted, rolled back to the start of the epoch
+                trainer.history.interrupted = True
                 log.warning("gpunet: training interrupted during epoch %d; the model is back at the end of "
                             "epoch %d", epoch + 1, epoch)
                 break
-            if not np.isfinite(host_loss).all():
-                bad = int(np.flatnonzero(~np.isfinite(host_loss))[0])
-                snapshot.restore(model, opt)
-                raise DivergenceError(
-                    f"training diverged: the loss became {host_loss[bad]} at epoch {epoch + 1}, batch {bad + 1} of "
-                    f"{n_batches}; the learning rate ({opt.lr:g}) is probably too high for this model and data. "
-                    f"The weights were restored to the end of epoch {epoch}.")
-            logs = {"loss": float(host_loss @ sizes / n)}
-            if classification:
-                logs["accuracy"] = float(backend.to_host(batch_correct).sum() / acc_denominator)
-            if val is not None:
-                logs.update({f"val_{k}": v for k, v in model._evaluate_device(val[0], val[1], loss).items()})
-            logs["lr"] = opt.lr
             model.epochs_trained += 1
-            history.seconds.append(seconds)
-            history.on_epoch_end(epoch, logs)
+            trainer.history.on_epoch_end(epoch, logs)
             cbs.on_epoch_end(epoch, logs)
             if verbose:
                 metrics = " - ".join(f"{k} {v:.4g}" for k, v in logs.items() if k != "lr")
-                log.info("epoch %d - %s - %.2fs (%.0f samples/s)", epoch + 1, metrics, seconds, n / max(seconds, 1e-9))
+                seconds = trainer.history.seconds[-1]
+                log.info("epoch %d - %s - %.2fs (%.0f samples/s)", epoch + 1, metrics, seconds,
+                         trainer.n / max(seconds, 1e-9))
             if model.stop_training:
                 break
         cbs.on_train_end()
-    model.history = history
-    return history
+    model.history = trainer.history
+    return trainer.history
+
+
+def _oom_message(model, batch_size, when):
+    return (f"out of memory on {model.device} while {when} with batch_size={batch_size} "
+            f"({model.n_params:,} parameters); try a smaller batch_size. The weights are as they were before "
+            f"the failed epoch.")
+
+
+class _Trainer:
+    """The state of one :func:`fit` call: device data, batch layout, workspace, snapshot, history."""
+
+    def __init__(self, model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose):
+        self.model, self.opt, self.loss, self.Xd, self.Yd, self.val = model, opt, loss, Xd, Yd, val
+        self.shuffle, self.verbose = shuffle, verbose
+        self.n = n = Xd.shape[0]
+        self.B = min(batch_size, n)
+        self.n_batches = math.ceil(n / self.B)
+        self.sizes = np.full(self.n_batches, self.B, dtype=np.float64)
+        self.sizes[-1] = n - self.B * (self.n_batches - 1)
+        self.classification = loss in losses.CLASSIFICATION
+        self.acc_denominator = n if loss == "cross_entropy" else n * model.layer_sizes[-1]
+        self.history = _callbacks.History()
+
+    def allocate(self):
+        self.opt.bind(self.model.params)
+        self.ws = self.model._workspace(self.B)
+        self.snapshot = _Snapshot(self.model, self.opt)
+
+    def epoch(self, epoch, final_epoch, cbs, interrupted):
+        """Train one epoch; returns its logs, or ``None`` if interrupted (state rolled back).
+
+        Raises :class:`DivergenceError` (state rolled back) when a batch loss is not finite.
+        """
+        model, opt, ws, B = self.model, self.opt, self.ws, self.B
+        backend, ops = model.backend, model.backend.ops
+        self.snapshot.take(model, opt)
+        order = model.shuffle_rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        idx = backend.to_device(order.astype(np.int64))
+        batch_loss = model._zeros((self.n_batches,))
+        batch_correct = model._zeros((self.n_batches,)) if self.classification else None
+        bar = _progress(self.verbose, self.n, epoch + 1, final_epoch)
+        report_every = max(1, self.n_batches // 20)
+        t0 = time.perf_counter()
+        done = 0
+        for i in range(self.n_batches):
+            s = i * B
+            r = int(self.sizes[i])
+            rows = idx[s:s + r]
+            x = ops.take_rows(self.Xd, rows, ws.a[0][:r, ...])
+            yb = ops.take_rows(self.Yd, rows, ws.y[:r, ...])
+            value, a_out = model._step_gradients(x, yb, ws, self.loss, train=True)
+            opt.step(model.params, model.grads, ops)
+            batch_loss[i] = value
+            if self.classification:
+                batch_correct[i] = ops.correct(self.loss, a_out, yb)
+            done = i + 1
+            if cbs.wants_batches:
+                cbs.on_batch_end(i, {"size": r})
+            if bar is not None:
+                bar.update(r)
+                if i % report_every == 0:
+                    bar.set_postfix(loss=f"{backend.item(batch_loss[i]):.4g}", refresh=False)
+            if interrupted.is_set():
+                break
+        host_loss = backend.to_host(batch_loss)[:done]
+        seconds = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        if interrupted.is_set():
+            self.snapshot.restore(model, opt)
+            return None
+        if not np.isfinite(host_loss).all():
+            bad = int(np.flatnonzero(~np.isfinite(host_loss))[0])
+            self.snapshot.restore(model, opt)
+            raise DivergenceError(
+                f"training diverged: the loss became {host_loss[bad]} at epoch {epoch + 1}, batch {bad + 1} of "
+                f"{self.n_batches}; the learning rate ({opt.lr:g}) is probably too high for this model and data. "
+                f"The weights were restored to the end of epoch {epoch}.")
+        logs = {"loss": float(host_loss @ self.sizes / self.n)}
+        if self.classification:
+            logs["accuracy"] = float(backend.to_host(batch_correct).sum() / self.acc_denominator)
+        if self.val is not None:
+            logs.update({f"val_{k}": v for k, v in model._evaluate_device(self.val[0], self.val[1], self.loss).items()})
+        logs["lr"] = opt.lr
+        self.history.seconds.append(seconds)
+        return logs
