@@ -150,3 +150,79 @@ class CupyOps(ArrayOps):
         t = p.dtype.type
         self._launch("gn_sgd", p, p.size, p, g, buf if buf is not None else p, np.int64(p.size), t(lr), t(momentum),
                      t(dampening), t(weight_decay), np.int32(nesterov), np.int32(first))
+
+
+class GraphStep:
+    """One training step for full batches captured as a CUDA graph and replayed (opt-in).
+
+    Hazards handled (``../shared/notes/gpu.md``): capture runs on a non-blocking stream that also
+    carries every other training launch (so replays stay ordered with the eager work); every buffer
+    the graph reads or writes persists outside it (workspace, flat parameters, optimizer state, the
+    static batch-index, loss and hyper-parameter arrays), and temporaries made during capture come from
+    a private memory pool kept alive with the graph (cupy#9655); Adam's step count lives in device
+    memory and is advanced by a captured kernel; the learning rate is baked in, so a schedule that
+    changes it causes a recapture. ``warmup`` steps run eagerly first (JIT, cuBLAS heuristics).
+    """
+
+    def __init__(self, trainer, warmup=3):
+        import cupy  # noqa: PLC0415
+
+        self.cupy, self.t, self.warmup = cupy, trainer, warmup
+        model = trainer.model
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.idx = cupy.zeros((trainer.B,), dtype=cupy.int64)
+        self.loss_buf = model._zeros(())
+        self.correct_buf = model._zeros(())
+        self.graph = self.pool = self.hp = None
+        self.lr = None
+        self.eager_steps = 0
+
+    def invalidate(self):
+        self.graph = self.pool = self.hp = None
+
+    def step(self, rows):
+        """Train on the full batch ``rows``; returns (loss, correct) as device 0-d arrays."""
+        self.idx[...] = rows
+        if self.eager_steps < self.warmup:
+            self.eager_steps += 1
+            return self.t.step(self.idx, self.t.B)
+        opt = self.t.opt
+        if self.graph is None or self.lr != opt.lr:
+            self._capture()
+        self.graph.launch(stream=self.stream)
+        opt.step_count += 1
+        return self.loss_buf, self.correct_buf
+
+    def _body(self):
+        t = self.t
+        model, ops, opt, ws, B = t.model, t.model.backend.ops, t.opt, t.ws, t.B
+        x = ops.take_rows(t.Xd, self.idx, ws.a[0][:B, ...])
+        y = ops.take_rows(t.Yd, self.idx, ws.y[:B, ...])
+        value, a_out = model._step_gradients(x, y, ws, t.loss, train=True)
+        if self.hp is not None:
+            st = opt.state
+            ops.adam_device(model.params, model.grads, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"),
+                            self.hp, amsgrad=opt.amsgrad, decoupled=opt.decoupled)
+        else:  # SGD: every scalar is fixed after the first step
+            ops.sgd(model.params, model.grads, opt.state.get("momentum_buffer"), lr=opt.lr, momentum=opt.momentum,
+                    dampening=opt.dampening, weight_decay=opt.weight_decay, nesterov=opt.nesterov, first=False)
+        self.loss_buf[...] = value
+        if t.classification:
+            self.correct_buf[...] = ops.correct(t.loss, a_out, y)
+
+    def _capture(self):
+        cupy, opt = self.cupy, self.t.opt
+        self.invalidate()
+        if hasattr(opt, "betas"):
+            b1, b2 = opt.betas
+            # hp[5] is the step count *before* the captured tick increments it
+            self.hp = self.t.model.backend.to_device(
+                np.array([opt.lr, b1, b2, opt.eps, opt.weight_decay, opt.step_count], dtype=np.float64))
+        pool = cupy.cuda.MemoryPool()
+        with cupy.cuda.using_allocator(pool.malloc):
+            self.stream.begin_capture()
+            try:
+                self._body()
+            finally:
+                graph = self.stream.end_capture()
+        self.graph, self.pool, self.lr = graph, pool, opt.lr

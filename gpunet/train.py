@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -105,7 +106,7 @@ def _check_validation_data(model, validation_data, loss):
 
 
 def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None, shuffle=True,
-        callbacks=None, verbose=1):
+        callbacks=None, verbose=1, cuda_graph=None):
     """Train ``model`` on ``(X, y)``.
 
     Parameters
@@ -130,6 +131,10 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     callbacks : list of :class:`gpunet.callbacks.Callback`
     verbose : int
         0 silent; 1 a progress bar (on a TTY) and one log line per epoch.
+    cuda_graph : bool or None
+        On a CUDA device, capture the training step of full batches as a CUDA graph and replay it
+        (small batches are launch-bound). ``None`` reads ``$GPUNET_CUDA_GRAPH`` (default off). Not used
+        with dropout or on the CPU; a failed capture falls back to eager launches with a warning.
 
     Returns
     -------
@@ -150,12 +155,14 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     model.optimizer, model.loss, model.stop_training = opt, loss, False
     if verbose:
         _ensure_log_handler()
+    if cuda_graph is None:
+        cuda_graph = os.environ.get("GPUNET_CUDA_GRAPH", "0") == "1"
     trainer = _Trainer(model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose)
     backend = model.backend
     # overflow inside an epoch is reported once, as DivergenceError, not as a flood of warnings
-    with backend.activate(), _stop_on_sigint() as interrupted, np.errstate(all="ignore"):
+    with backend.activate(), _stop_on_sigint() as interrupted, np.errstate(all="ignore"), trainer.stream():
         try:
-            trainer.allocate()
+            trainer.allocate(cuda_graph)
         except Exception as exc:
             if not backend.is_out_of_memory(exc):
                 raise
@@ -171,7 +178,7 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
             except Exception as exc:
                 if not backend.is_out_of_memory(exc):
                     raise
-                trainer.snapshot.restore(model, opt)
+                trainer.rollback()
                 raise OutOfMemoryError(_oom_message(model, trainer.B, f"training epoch {epoch + 1}")) from None
             if logs is None:  # interrupted, rolled back to the start of the epoch
                 trainer.history.interrupted = True
@@ -214,18 +221,55 @@ class _Trainer:
         self.acc_denominator = n if loss == "cross_entropy" else n * model.layer_sizes[-1]
         self.history = _callbacks.History()
 
-    def allocate(self):
+    def allocate(self, cuda_graph=False):
         self.opt.bind(self.model.params)
         self.ws = self.model._workspace(self.B)
         self.snapshot = _Snapshot(self.model, self.opt)
+        self.graph = None
+        if cuda_graph and self.model.backend.is_gpu and not self.model.dropout:
+            from gpunet import kernels  # noqa: PLC0415  (GPU only)
+
+            self.graph = kernels.GraphStep(self)
+        elif cuda_graph:
+            log.info("gpunet: CUDA graphs need a CUDA device and no dropout; training with eager launches")
+
+    def stream(self):
+        """The stream every training launch goes to (the graph's, when graphs are on)."""
+        return self.graph.stream if getattr(self, "graph", None) is not None else contextlib.nullcontext()
+
+    def step(self, rows, r):
+        """One eager optimizer step on the batch ``rows`` (r of them); returns (loss, correct)."""
+        model, ops, ws = self.model, self.model.backend.ops, self.ws
+        x = ops.take_rows(self.Xd, rows, ws.a[0][:r, ...])
+        yb = ops.take_rows(self.Yd, rows, ws.y[:r, ...])
+        value, a_out = model._step_gradients(x, yb, ws, self.loss, train=True)
+        self.opt.step(model.params, model.grads, ops)
+        return value, ops.correct(self.loss, a_out, yb) if self.classification else None
+
+    def _graph_step(self, rows, r):
+        try:
+            return self.graph.step(rows)
+        except Exception as exc:  # capture unsupported here: say so once, continue eagerly
+            if self.model.backend.is_out_of_memory(exc):
+                raise
+            log.warning("gpunet: CUDA graph capture failed (%s: %s); continuing with eager launches",
+                        type(exc).__name__, exc)
+            self.graph = None
+            return self.step(rows, r)
+
+    def rollback(self):
+        """Back to the start of the epoch (a captured graph's device step count is then stale)."""
+        self.snapshot.restore(self.model, self.opt)
+        if self.graph is not None:
+            self.graph.invalidate()
 
     def epoch(self, epoch, final_epoch, cbs, interrupted):
         """Train one epoch; returns its logs, or ``None`` if interrupted (state rolled back).
 
         Raises :class:`DivergenceError` (state rolled back) when a batch loss is not finite.
         """
-        model, opt, ws, B = self.model, self.opt, self.ws, self.B
-        backend, ops = model.backend, model.backend.ops
+        model, opt, B = self.model, self.opt, self.B
+        backend = model.backend
         self.snapshot.take(model, opt)
         order = model.shuffle_rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         idx = backend.to_device(order.astype(np.int64))
@@ -239,13 +283,13 @@ class _Trainer:
             s = i * B
             r = int(self.sizes[i])
             rows = idx[s:s + r]
-            x = ops.take_rows(self.Xd, rows, ws.a[0][:r, ...])
-            yb = ops.take_rows(self.Yd, rows, ws.y[:r, ...])
-            value, a_out = model._step_gradients(x, yb, ws, self.loss, train=True)
-            opt.step(model.params, model.grads, ops)
+            if self.graph is not None and r == B:
+                value, correct = self._graph_step(rows, r)
+            else:
+                value, correct = self.step(rows, r)
             batch_loss[i] = value
             if self.classification:
-                batch_correct[i] = ops.correct(self.loss, a_out, yb)
+                batch_correct[i] = correct
             done = i + 1
             if cbs.wants_batches:
                 cbs.on_batch_end(i, {"size": r})
@@ -260,11 +304,11 @@ class _Trainer:
         if bar is not None:
             bar.close()
         if interrupted.is_set():
-            self.snapshot.restore(model, opt)
+            self.rollback()
             return None
         if not np.isfinite(host_loss).all():
             bad = int(np.flatnonzero(~np.isfinite(host_loss))[0])
-            self.snapshot.restore(model, opt)
+            self.rollback()
             raise DivergenceError(
                 f"training diverged: the loss became {host_loss[bad]} at epoch {epoch + 1}, batch {bad + 1} of "
                 f"{self.n_batches}; the learning rate ({opt.lr:g}) is probably too high for this model and data. "

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import gpunet as gn
-from gpunet import callbacks
 
 
 @pytest.fixture

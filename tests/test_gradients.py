@@ -23,7 +23,7 @@ def targets(loss, rng, n, k):
 def numeric_gradient(net, X, y, loss, eps=1e-6):
     ws = net.get_weights()
     grads = []
-    for i, w in enumerate(ws):
+    for w in ws:
         g = np.zeros_like(w)
         for idx in np.ndindex(w.shape):
             orig = w[idx]
