@@ -11,7 +11,7 @@ Peers (each skipped with a note when its package is missing):
 - ``numpy``: a textbook NumPy MLP (allocating forward/backward, Adam as whole-array expressions);
 - ``torch``: PyTorch eager with ``Adam(fused=True)`` where supported (else ``foreach``);
 - ``torch-compile``: ``torch.compile`` of the step (GPU: ``mode="reduce-overhead"``), opt-in ``--compile``;
-- ``jax``: the whole step (forward, grad, Adam) in one ``jax.jit``;
+- ``jax``: the whole step (batch gather, forward, grad, Adam) in one ``jax.jit``;
 - ``sklearn``: ``MLPClassifier``/``MLPRegressor`` ``partial_fit`` (Adam), CPU only.
 """
 from __future__ import annotations
@@ -231,7 +231,11 @@ class JaxRunner(Runner):
                 return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(z), axis=1))
             return jnp.mean((z - y) ** 2)
 
-        def step(params, m, v, t, x, y):
+        B = w.batch_size
+
+        def step(params, m, v, t, X, Y, order, s):
+            idx = jax.lax.dynamic_slice(order, (s * B,), (B,))  # the batch gather is inside the jit too
+            x, y = jnp.take(X, idx, axis=0), jnp.take(Y, idx, axis=0)
             g = jax.grad(loss)(params, x, y)
             m = jax.tree_util.tree_map(lambda m, g: 0.9 * m + 0.1 * g, m, g)
             v = jax.tree_util.tree_map(lambda v, g: 0.999 * v + 0.001 * g * g, v, g)
@@ -241,22 +245,20 @@ class JaxRunner(Runner):
             return params, m, v
 
         self.step = jax.jit(step, donate_argnums=(0, 1, 2))
-        x0, y0 = self.X[:w.batch_size], self.Y[:w.batch_size]
+        order0 = jax.device_put(np.arange(len(w.X)), self.dev)
         t0 = time.perf_counter()
-        out = self.step(self.params, self.m, self.v, 1.0, x0, y0)
+        out = self.step(self.params, self.m, self.v, 1.0, self.X, self.Y, order0, 0)
         jax.block_until_ready(out)
         self.compile_seconds = time.perf_counter() - t0
         self.params, self.m, self.v = out
         self.t = 1
 
     def run(self, steps):
-        B = self.w.batch_size
-        order = self.jax.device_put(np.random.default_rng(self.t).permutation(steps * B), self.dev)
+        order = self.jax.device_put(np.random.default_rng(self.t).permutation(steps * self.w.batch_size), self.dev)
         t0 = time.perf_counter()
         for s in range(steps):
-            idx = order[s * B:(s + 1) * B]
             self.t += 1
-            self.params, self.m, self.v = self.step(self.params, self.m, self.v, float(self.t), self.X[idx], self.Y[idx])
+            self.params, self.m, self.v = self.step(self.params, self.m, self.v, float(self.t), self.X, self.Y, order, s)
         self.jax.block_until_ready(self.params)
         return time.perf_counter() - t0
 

@@ -240,6 +240,10 @@ class _Trainer:
     def step(self, rows, r):
         """One eager optimizer step on the batch ``rows`` (r of them); returns (loss, correct)."""
         model, ops, ws = self.model, self.model.backend.ops, self.ws
+        fused = ops.fused_step(model, ws, self.Xd, self.Yd, rows, self.loss)
+        if fused is not None:
+            self.opt.step(model.params, model.grads, ops)
+            return fused
         x = ops.take_rows(self.Xd, rows, ws.a[0][:r, ...])
         yb = ops.take_rows(self.Yd, rows, ws.y[:r, ...])
         value, a_out = model._step_gradients(x, yb, ws, self.loss, train=True)

@@ -242,14 +242,14 @@ def test_out_of_memory_becomes_a_clear_error_and_rolls_back(monkeypatch):
     model.fit(X, LABELS, epochs=1, verbose=0)
     before = model.get_weights()
     calls = {"n": 0}
-    real = model._step_gradients
+    real = model.optimizer.step  # every training path (fused or not) ends a batch with the optimizer
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise MemoryError("cannot allocate")
         return real(*args, **kwargs)
-    monkeypatch.setattr(model, "_step_gradients", flaky)
+    monkeypatch.setattr(model.optimizer, "step", flaky)
     with pytest.raises(MemoryError, match=r"out of memory on cpu .* batch_size=4 .* try a smaller batch_size"):
         model.fit(X, LABELS, epochs=2, batch_size=4, verbose=0)
     for a, b in zip(before, model.get_weights()):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gpunet as gn
-from gpunet import backend, ops as _ops
+from gpunet import backend, losses, ops as _ops
 
 from conftest import strict_or_skip
 
@@ -118,3 +118,56 @@ def test_float32_and_float64_start_from_the_same_weights():
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         assert wa.dtype == np.float32 and wb.dtype == np.float64
         np.testing.assert_array_equal(wa, wb.astype(np.float32))
+
+
+FUSED_CASES = [(h, o, l) for h in ("relu", "sigmoid", "tanh", "linear")
+               for o, l in (("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), ("linear", "mse"),
+                            ("tanh", "mae"), ("softmax", "mse"), ("relu", "mse"), ("sigmoid", "mae"))]
+
+
+def fused_or_skip():
+    ops = backend.CPU.ops
+    if ops._mlp_step is None:
+        pytest.skip("Numba (with SciPy BLAS) not available: no fused CPU step")
+    return ops
+
+
+def targets_for(loss, rng, n, k):
+    if loss == "cross_entropy":
+        return np.eye(k)[rng.integers(0, k, n)]
+    if loss == "binary_cross_entropy":
+        return rng.uniform(0, 1, (n, k))
+    return rng.standard_normal((n, k))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("hidden,out,loss", FUSED_CASES)
+def test_fused_cpu_step_equals_reference_gradients(hidden, out, loss, dtype, rng):
+    ops = fused_or_skip()
+    net = gn.MLP([5, 7, 6, 4], hidden, out, device="cpu", dtype=dtype, seed=2)
+    net.set_weights([w + 0.05 * rng.standard_normal(w.shape) for w in net.get_weights()])
+    X = rng.standard_normal((30, 5)).astype(dtype)
+    Y = targets_for(loss, rng, 30, 4).astype(dtype)
+    idx = rng.permutation(30)[:11]  # a partial batch of a 16-row workspace, rows out of order
+    ws = net._workspace(16)
+    value, correct = ops.fused_step(net, ws, X, Y, idx, loss)
+    fused_grads = net.grads.copy()
+    ref_value, a_out = net._step_gradients(X[idx], Y[idx], net._workspace(11), loss, train=False)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    assert value == pytest.approx(float(ref_value), rel=tol["rtol"], abs=tol["atol"])
+    np.testing.assert_allclose(fused_grads, net.grads, **tol)
+    if loss in ("cross_entropy", "binary_cross_entropy"):
+        assert correct == float(losses.correct(loss, a_out, Y[idx]))
+
+
+def test_fused_training_matches_the_unfused_path(monkeypatch, rng):
+    fused_or_skip()
+    X, y = gn.datasets.sinc(200, seed=0)
+    a = gn.MLP([1, 16, 16, 1], "tanh", device="cpu", dtype="float64", seed=0)
+    ha = a.fit(X, y, epochs=3, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0)
+    monkeypatch.setattr(_ops.NumpyOps, "fused_step", lambda self, *args: None)
+    b = gn.MLP([1, 16, 16, 1], "tanh", device="cpu", dtype="float64", seed=0)
+    hb = b.fit(X, y, epochs=3, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0)
+    np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=1e-10)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-9, atol=1e-12)
