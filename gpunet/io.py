@@ -27,6 +27,9 @@ def atomic_write(path, mode="wb"):
     if not os.path.isdir(directory):
         raise ValueError(f"cannot write {path}: directory {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a saved model should get the usual mode
     try:
         with os.fdopen(fd, mode) as f:
             yield f

@@ -158,6 +158,14 @@ def rewrite(path, mutate):
     np.savez(path, **arrays)
 
 
+def test_saved_files_get_the_usual_permissions(saved):
+    import os
+    _, path = saved
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_truncated_file_names_the_file(saved):
     _, path = saved
     data = path.read_bytes()
