@@ -10,6 +10,8 @@ Shapes: ``B`` rows (samples) per batch, ``n``/``m`` units; weight matrices are (
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from gpunet import activations, losses
@@ -156,8 +158,14 @@ class NumpyOps(ArrayOps):
         return super().loss_delta(loss, output_activation, z, a, y, delta)
 
 
+    #: the fused step runs when every weight matrix is at most this big (256 x 256): then a step is bound by
+    #: per-call overhead, which fusing removes (2-3x faster on the seed's [1, 50 x 9, 1]). Larger layers
+    #: spend their time in GEMMs, equally fast either way, and stay on NumPy's own BLAS (Numba's np.dot
+    #: uses SciPy's copy of OpenBLAS, whose busy-waiting threads compete with NumPy's on small machines).
+    FUSED_MAX_LAYER_WEIGHTS = 65536
+
     def fused_step(self, model, ws, X, Y, idx, loss):
-        if self._mlp_step is None or model.dropout or model.l1 or model.l2:
+        if self._mlp_step is None or model.dropout or model.l1 or model.l2 or not self._fusable(model):
             return None
         flat = ws.__dict__.get("flat")
         if flat is None:
@@ -182,6 +190,14 @@ class NumpyOps(ArrayOps):
             return None
         self._compiled.add(key)
         return result
+
+
+    def _fusable(self, model):
+        forced = os.environ.get("GPUNET_FUSED")
+        if forced in ("0", "1"):
+            return forced == "1"
+        sizes = model.layer_sizes
+        return max(a * b for a, b in zip(sizes[:-1], sizes[1:])) <= self.FUSED_MAX_LAYER_WEIGHTS
 
 
 def for_backend(backend):

@@ -160,6 +160,19 @@ def test_fused_cpu_step_equals_reference_gradients(hidden, out, loss, dtype, rng
         assert correct == float(losses.correct(loss, a_out, Y[idx]))
 
 
+def test_fused_step_is_used_only_for_small_layers(monkeypatch, rng):
+    ops = fused_or_skip()
+    small = gn.MLP([1] + [50] * 9 + [1], device="cpu")
+    large = gn.MLP([784, 512, 10], output_activation="softmax", device="cpu")
+    assert ops._fusable(small) and not ops._fusable(large)
+    X = rng.standard_normal((8, 784)).astype(np.float32)
+    assert ops.fused_step(large, large._workspace(8), X, np.eye(10, dtype=np.float32)[:8], np.arange(8), "cross_entropy") is None
+    monkeypatch.setenv("GPUNET_FUSED", "1")
+    assert ops._fusable(large)
+    monkeypatch.setenv("GPUNET_FUSED", "0")
+    assert not ops._fusable(small)
+
+
 def test_fused_training_matches_the_unfused_path(monkeypatch, rng):
     fused_or_skip()
     X, y = gn.datasets.sinc(200, seed=0)
