@@ -56,6 +56,7 @@ class CupyOps(ArrayOps):
         super().__init__(backend)
         self._device_id = backend.device.id
         self._buffers = {}
+        self._rng = None
         self.adam = self._adam
         self.sgd = self._sgd
 
@@ -106,6 +107,14 @@ class CupyOps(ArrayOps):
             return a
         self._launch("gn_scale", a, a.size, a, s, np.int64(a.size))
         return a
+
+    def dropout_mask(self, out, rate, rng):
+        """Masks from CuPy's device generator, seeded once from the model's host dropout generator."""
+        if self._rng is None:
+            self._rng = self.xp.random.default_rng(int(rng.integers(2 ** 63)))
+        keep = 1.0 - rate
+        out[...] = self.xp.floor(self._rng.random(out.shape, dtype=out.dtype) + keep) * (1.0 / keep)
+        return out
 
     def loss_delta(self, loss, output_activation, z, a, y, delta):
         """Softmax-CE: one kernel writes probabilities, delta and per-row losses (then one sum);

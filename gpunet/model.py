@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from gpunet import activations, backend as _backend, init as _init, losses, validation
 
 DEFAULT_EVAL_BATCH = 4096
@@ -83,18 +81,14 @@ class MLP:
         self.backend = _backend.resolve(device)
         self.xp = self.backend.xp
         self.seed = seed
-        init_seq, shuffle_seq, dropout_seq = np.random.SeedSequence(seed).spawn(3)
-        self.shuffle_rng = np.random.default_rng(shuffle_seq)
-        self.dropout_rng = np.random.default_rng(dropout_seq)
-        self._device_rng = None
+        init_rng, self.shuffle_rng, self.dropout_rng = _init.rng_streams(seed)
         self.optimizer = None
         self.loss = None
         self.epochs_trained = 0
         self.stop_training = False
         self._workspaces = {}
         self._allocate()
-        host = _init.initial_weights(self.layer_sizes, self.hidden_activation, self.init, np.random.default_rng(init_seq))
-        self._write_flat(host)
+        self._write_flat(_init.initial_weights(self.layer_sizes, self.hidden_activation, self.init, init_rng))
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -132,19 +126,18 @@ class MLP:
         return out
 
     def _write_flat(self, host_arrays):
-        flat = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in host_arrays])
-        self.params[...] = self.backend.to_device(flat, self.dtype)
+        self.params[...] = self.backend.to_device(_init.flatten(host_arrays), self.dtype)
 
     def get_weights(self):
         """Host copies ``[W1 (n0, n1), b1 (n1,), W2, b2, ...]``."""
-        return _split(self.backend.to_host(self.params), self.shapes)
+        return _init.split(self.backend.to_host(self.params), self.shapes)
 
     def set_weights(self, weights):
         """Replace all parameters from host arrays in :meth:`get_weights` order and shapes.
 
         Nothing changes unless every array has the right shape and finite real values.
         """
-        if isinstance(weights, np.ndarray) or not hasattr(weights, "__len__"):
+        if not isinstance(weights, (list, tuple)):
             raise TypeError("weights must be a list of arrays [W1, b1, W2, b2, ...]")
         if len(weights) != len(self.shapes):
             raise ValueError(f"expected {len(self.shapes)} arrays [W1, b1, ...], got {len(weights)}")
@@ -176,7 +169,7 @@ class MLP:
         for l in range(len(self.W) - 1):
             a = ops.bias_activation(ops.matmul(inputs[-1], self.W[l], ws.a[l + 1][:r, ...]), self.b[l], self.hidden_activation)
             if train and self.dropout:
-                mask = self._dropout_mask(ws.mask[l][:r, ...])
+                mask = ops.dropout_mask(ws.mask[l][:r, ...], self.dropout, self.dropout_rng)
                 a = ops.scale_(_copy_into(ws.dropped[l][:r, ...], a), mask)
             inputs.append(a)
         z = ops.matmul(inputs[-1], self.W[-1], ws.z[:r, ...])
@@ -214,24 +207,6 @@ class MLP:
     def _penalty_value(self):
         xp = self.xp
         return sum(self.l2 * xp.sum(W * W) + self.l1 * xp.sum(xp.abs(W)) for W in self.W)
-
-    def _dropout_mask(self, out):
-        """Fill ``out`` with 0 (dropped) or 1/(1-p) (kept), from the seeded dropout RNG."""
-        keep = 1.0 - self.dropout
-        if self.backend.kind == "numpy":
-            self.dropout_rng.random(out=out, dtype=out.dtype)
-            out += keep
-            np.floor(out, out=out)  # u + keep >= 1  <=>  u >= p
-            out *= 1.0 / keep
-            return out
-        if self.backend.kind == "cupy":
-            if self._device_rng is None:
-                self._device_rng = self.xp.random.default_rng(int(self.dropout_rng.integers(2 ** 63)))
-            u = self._device_rng.random(out.shape, dtype=out.dtype)
-        else:
-            u = self.backend.to_device(self.dropout_rng.random(out.shape), self.dtype)
-        out[...] = self.xp.floor(u + keep) * (1.0 / keep)
-        return out
 
     def _step_gradients(self, x, y, ws, loss, train):
         """Forward + backward on one batch; returns (loss 0-d array, output activations)."""
@@ -275,7 +250,7 @@ class MLP:
         with self.backend.activate():
             ws = self._workspace(Xd.shape[0])
             value, _ = self._step_gradients(Xd, Yd, ws, loss, train=False)
-            return self.backend.item(value), _split(self.backend.to_host(self.grads), self.shapes)
+            return self.backend.item(value), _init.split(self.backend.to_host(self.grads), self.shapes)
 
     def _predict_device(self, Xd, batch_size):
         rows = min(batch_size, Xd.shape[0])
@@ -296,7 +271,7 @@ class MLP:
     def predict_classes(self, X, batch_size=DEFAULT_EVAL_BATCH):
         """Class indices: argmax for several outputs, threshold 0.5 for one sigmoid output."""
         p = self.predict(X, batch_size)
-        return p.argmax(axis=1) if p.shape[1] > 1 else (p[:, 0] > 0.5).astype(np.int64)
+        return p.argmax(axis=1) if p.shape[1] > 1 else (p[:, 0] > 0.5).astype("int64")
 
     def _evaluate_device(self, Xd, Yd, loss, batch_size=DEFAULT_EVAL_BATCH):
         """Loss (plus penalty) and accuracy of device data; one host read at the end."""
@@ -370,13 +345,4 @@ class MLP:
 
 def _copy_into(out, a):
     out[...] = a
-    return out
-
-
-def _split(flat, shapes):
-    out, offset = [], 0
-    for shape in shapes:
-        size = math.prod(shape)
-        out.append(flat[offset:offset + size].reshape(shape).copy())
-        offset += size
     return out

@@ -80,6 +80,15 @@ class ArrayOps:
         a *= s
         return a
 
+    def dropout_mask(self, out, rate, rng):
+        """Fill ``out`` with 0 (dropped, probability ``rate``) or 1/(1 - rate) (kept): inverted dropout.
+        Drawn on the host from the model's seeded ``rng`` and uploaded (no ``xp.random`` in the
+        Array API)."""
+        keep = 1.0 - rate
+        u = self.backend.to_device(rng.random(tuple(out.shape)), str(out.dtype).split(".")[-1])
+        out[...] = self.xp.floor(u + keep) * (1.0 / keep)  # u + keep >= 1  <=>  u >= rate
+        return out
+
     def fused_step(self, model, ws, X, Y, idx, loss):
         """Gather + forward + loss + backward of one training batch in fused code, filling
         ``model.grads``; returns (loss, correct) or ``None`` when this backend has no fused step
@@ -140,6 +149,14 @@ class NumpyOps(ArrayOps):
             z += 1.0
             z *= 0.5
         return z
+
+    def dropout_mask(self, out, rate, rng):
+        keep = 1.0 - rate
+        rng.random(out=out, dtype=out.dtype)  # in place, from the seeded host generator
+        out += keep
+        np.floor(out, out=out)
+        out *= 1.0 / keep
+        return out
 
     def activation_backward(self, delta, a, act):
         if act == "relu":
