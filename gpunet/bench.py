@@ -12,7 +12,9 @@ Peers (each skipped with a note when its package is missing):
 - ``torch``: PyTorch eager with ``Adam(fused=True)`` where supported (else ``foreach``);
 - ``torch-compile``: ``torch.compile`` of the step (GPU: ``mode="reduce-overhead"``), opt-in ``--compile``;
 - ``jax``: the whole step (batch gather, forward, grad, Adam) in one ``jax.jit``;
-- ``sklearn``: ``MLPClassifier``/``MLPRegressor`` ``partial_fit`` (Adam), CPU only.
+- ``sklearn``: ``MLPClassifier``/``MLPRegressor`` ``partial_fit`` (Adam), CPU only;
+- ``gemm-only``: just the step's GEMMs and the batch gather on gpunet's backend (the BLAS/cuBLAS bound);
+- ``gpunet-graph`` (GPU): gpunet replaying its training step as a CUDA graph.
 """
 from __future__ import annotations
 
@@ -70,21 +72,58 @@ class Runner:
 
 
 class GpunetRunner(Runner):
-    def __init__(self, w, device, dtype):
+    def __init__(self, w, device, dtype, cuda_graph=False):
         import gpunet as gn  # noqa: PLC0415
 
-        self.name = "gpunet"
+        self.name = "gpunet-graph" if cuda_graph else "gpunet"
         self.net = gn.MLP(w.layers, "relu", "softmax" if w.classification else "linear", device=device, dtype=dtype, seed=0)
         self.w = w
-        self.gn = gn
+        self.cuda_graph = cuda_graph
         self.opt = gn.Adam(lr=1e-3)
 
     def run(self, steps):
         n = steps * self.w.batch_size
         X, y = self.w.X[:n], self.w.y[:n]
         t0 = time.perf_counter()
-        self.net.fit(X, y, epochs=1, batch_size=self.w.batch_size, optimizer=self.opt, verbose=0)
+        self.net.fit(X, y, epochs=1, batch_size=self.w.batch_size, optimizer=self.opt, verbose=0,
+                     cuda_graph=self.cuda_graph)
         self.net.backend.synchronize()
+        return time.perf_counter() - t0
+
+
+class GemmOnlyRunner(Runner):
+    """Only the step's GEMMs (forward, weight gradients, deltas) and the batch gather, on gpunet's
+    backend: the bound any implementation on this BLAS / cuBLAS can approach."""
+
+    def __init__(self, w, device, dtype):
+        from gpunet import backend  # noqa: PLC0415
+
+        self.name, self.w = "gemm-only", w
+        self.be = be = backend.resolve(device)
+        rng = np.random.default_rng(0)
+        with be.activate():
+            self.X = be.to_device(w.X, dtype)
+            self.W = [be.to_device(rng.standard_normal((a, b)) * 0.01, dtype) for a, b in zip(w.layers[:-1], w.layers[1:])]
+            B = w.batch_size
+            self.A = [be.xp.zeros((B, n), dtype=dtype) for n in w.layers]
+            self.D = [be.xp.zeros((B, n), dtype=dtype) for n in w.layers]
+            self.dW = [be.xp.zeros_like(W) for W in self.W]
+
+    def run(self, steps):
+        xp, B = self.be.xp, self.w.batch_size
+        with self.be.activate():
+            order = self.be.to_device(np.random.default_rng(0).permutation(steps * B).astype(np.int64))
+            self.be.synchronize()
+            t0 = time.perf_counter()
+            for s in range(steps):
+                xp.take(self.X, order[s * B:(s + 1) * B], axis=0, out=self.A[0])
+                for l, W in enumerate(self.W):
+                    xp.matmul(self.A[l], W, out=self.A[l + 1])
+                for l in range(len(self.W) - 1, -1, -1):
+                    xp.matmul(self.A[l].T, self.A[l + 1] if l == len(self.W) - 1 else self.D[l + 1], out=self.dW[l])
+                    if l:
+                        xp.matmul(self.D[l + 1] if l < len(self.W) - 1 else self.A[l + 1], self.W[l].T, out=self.D[l])
+            self.be.synchronize()
         return time.perf_counter() - t0
 
 
@@ -290,6 +329,8 @@ def make_runners(w, device, dtype, peers, compile_=False, notes=None):
     runners = [GpunetRunner(w, device, dtype)]
     gpu = device.startswith("cuda")
     factories = {
+        "gpunet-graph": (lambda: GpunetRunner(w, device, dtype, cuda_graph=True)) if gpu else None,
+        "gemm-only": lambda: GemmOnlyRunner(w, device, dtype),
         "numpy": (lambda: NumpyRunner(w, dtype)) if not gpu else None,
         "torch": lambda: TorchRunner(w, device, dtype),
         "torch-compile": (lambda: TorchRunner(w, device, dtype, "reduce-overhead" if gpu else "default")) if compile_ else None,
@@ -412,6 +453,10 @@ def run(args):
     device = backend.resolve(args.device).name
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     peers = [p for p in args.peers.split(",") if p]
+    if device.startswith("cuda") and "gpunet-graph" not in peers:
+        peers.insert(0, "gpunet-graph")
+    if "gemm-only" not in peers:
+        peers.append("gemm-only")
     if args.compile:
         peers.append("torch-compile")
     if args.quick:

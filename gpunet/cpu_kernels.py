@@ -125,6 +125,23 @@ if numba is not None:
     def _block(flat, offset, rows, cols):
         return flat[offset:offset + rows * cols].reshape((rows, cols))
 
+    @numba.njit(cache=True, nogil=True)
+    def _offsets(sizes, rows):
+        """Start of W_l in the flat parameters (b_l follows it), and of layer l's block of ``rows``
+        samples in the flat activation/delta buffers."""
+        L = sizes.size - 1
+        woff = np.empty(L, np.int64)
+        aoff = np.empty(L + 1, np.int64)
+        o = 0
+        for l in range(L):
+            woff[l] = o
+            o += sizes[l] * sizes[l + 1] + sizes[l + 1]
+        o = 0
+        for l in range(L + 1):
+            aoff[l] = o
+            o += rows * sizes[l]
+        return woff, aoff
+
     @numba.njit(cache=True, error_model="numpy", nogil=True)
     def _mlp_step(X, Y, idx, sizes, rows, params, grads, acts, deltas, z, yb, hidden, out_act, loss_code):
         """Gather, forward, loss and backward for the batch ``X[idx]`` in one call.
@@ -136,17 +153,7 @@ if numba is not None:
         L = sizes.size - 1
         r = idx.size
         k = sizes[L]
-        # offsets of W_l, b_l in params and of layer blocks in acts/deltas
-        woff = np.empty(L, np.int64)
-        aoff = np.empty(L + 1, np.int64)
-        o = 0
-        for l in range(L):
-            woff[l] = o
-            o += sizes[l] * sizes[l + 1] + sizes[l + 1]
-        o = 0
-        for l in range(L + 1):
-            aoff[l] = o
-            o += rows * sizes[l]
+        woff, aoff = _offsets(sizes, rows)
         A0 = _block(acts, 0, r, sizes[0])
         Yb = _block(yb, 0, r, k)
         for i in range(r):
@@ -238,16 +245,7 @@ if numba is not None:
     def _mlp_backward(sizes, rows, r, params, grads, acts, deltas, hidden):
         """dW_l = a_{l-1}.T @ delta_l, db_l = column sums, delta_{l-1} = (delta_l @ W_l.T) * f'(a_{l-1})."""
         L = sizes.size - 1
-        woff = np.empty(L, np.int64)
-        aoff = np.empty(L + 1, np.int64)
-        o = 0
-        for l in range(L):
-            woff[l] = o
-            o += sizes[l] * sizes[l + 1] + sizes[l + 1]
-        o = 0
-        for l in range(L + 1):
-            aoff[l] = o
-            o += rows * sizes[l]
+        woff, aoff = _offsets(sizes, rows)
         for l in range(L - 1, -1, -1):
             n_in, n_out = sizes[l], sizes[l + 1]
             D = _block(deltas, aoff[l + 1], r, n_out)
