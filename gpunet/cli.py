@@ -331,6 +331,7 @@ def cmd_compare(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train, test = load_data(base, args.data_dir)
+    regression = base["dataset"] != "mnist"
     results = []
     for combo in itertools.product(*[[(k, v) for v in vs] for k, vs in grid]):
         name = ", ".join(f"{k}={v}" for k, v in combo)
@@ -342,25 +343,32 @@ def cmd_compare(args):
             model.fit(*train, epochs=cfg["epochs"], batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg),
                       loss=cfg["loss"], verbose=0)
             seconds = time.perf_counter() - t0
-            r = model.evaluate(*test, loss=cfg["loss"])
-            runs.append({"loss": r["loss"], "accuracy": r.get("accuracy"), "seconds": seconds})
+            r = model.evaluate(*test, loss=cfg["loss"], penalty=False)  # the data term: comparable across l1/l2
+            # one metric every configuration shares (the trained loss differs when --vary loss=...)
+            mse = model.evaluate(*test, loss="mse", penalty=False)["loss"] if regression else None
+            runs.append({"loss": r["loss"], "mse": mse, "accuracy": r.get("accuracy"), "seconds": seconds})
         row = {"name": name, "settings": dict(combo), "runs": runs}
-        for metric in ("loss", "accuracy", "seconds"):
+        for metric in ("loss", "mse", "accuracy", "seconds"):
             vals = [r[metric] for r in runs if r[metric] is not None]
             if vals:
                 row[f"{metric}_mean"], row[f"{metric}_std"] = float(np.mean(vals)), float(np.std(vals))
         results.append(row)
         print(f"{name}: test loss {row['loss_mean']:.4g} ± {row['loss_std']:.2g}"
+              + (f", test MSE {row['mse_mean']:.4g} ± {row['mse_std']:.2g}" if "mse_mean" in row else "")
               + (f", accuracy {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}" if "accuracy_mean" in row else "")
               + f", {row['seconds_mean']:.2f}s ± {row['seconds_std']:.2f}s")
     _write_json(out / "compare.json", {"base": base, "seeds": args.seeds, "results": results})
-    lines = ["| configuration | test loss (mean ± std) | accuracy | seconds |", "|---|---|---|---|"]
+    lines = ["| configuration | test loss, data term (mean ± std) | test MSE | accuracy | seconds |",
+             "|---|---|---|---|---|"]
     for r in results:
         acc = f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}" if "accuracy_mean" in r else "—"
-        lines.append(f"| {r['name']} | {r['loss_mean']:.4g} ± {r['loss_std']:.2g} | {acc} | "
+        mse = f"{r['mse_mean']:.4g} ± {r['mse_std']:.2g}" if "mse_mean" in r else "—"
+        lines.append(f"| {r['name']} | {r['loss_mean']:.4g} ± {r['loss_std']:.2g} | {mse} | {acc} | "
                      f"{r['seconds_mean']:.2f} ± {r['seconds_std']:.2f} |")
     (out / "compare.md").write_text("\n".join(lines) + "\n")
-    plot.plot_compare(results, out / "compare.png", title=f"{base['dataset']}: test loss over {args.seeds} seeds")
+    metric = "mse" if regression else "accuracy"
+    plot.plot_compare(results, out / "compare.png", metric=metric,
+                      title=f"{base['dataset']}: test {metric} over {args.seeds} seeds")
     return 0
 
 

@@ -273,7 +273,7 @@ class MLP:
         p = self.predict(X, batch_size)
         return p.argmax(axis=1) if p.shape[1] > 1 else (p[:, 0] > 0.5).astype("int64")
 
-    def _evaluate_device(self, Xd, Yd, loss, batch_size=DEFAULT_EVAL_BATCH):
+    def _evaluate_device(self, Xd, Yd, loss, batch_size=DEFAULT_EVAL_BATCH, penalty=True):
         """Loss (plus penalty) and accuracy of device data; one host read at the end."""
         n = Xd.shape[0]
         rows = min(batch_size, n)
@@ -286,7 +286,7 @@ class MLP:
             total = total + r * losses.value(loss, ws.z[:r, ...], a, y)
             if loss in losses.CLASSIFICATION:
                 correct = correct + self.backend.ops.correct(loss, a, y)
-        if self.l1 or self.l2:
+        if penalty and (self.l1 or self.l2):
             total = total + n * self._penalty_value()
         result = {"loss": self.backend.item(total) / n}
         if loss in losses.CLASSIFICATION:
@@ -294,13 +294,17 @@ class MLP:
             result["accuracy"] = self.backend.item(correct) / denom
         return result
 
-    def evaluate(self, X, y, loss=None, batch_size=DEFAULT_EVAL_BATCH):
-        """``{"loss": float, "accuracy": float}`` (accuracy for cross-entropy losses only)."""
+    def evaluate(self, X, y, loss=None, batch_size=DEFAULT_EVAL_BATCH, penalty=True):
+        """``{"loss": float, "accuracy": float}`` (accuracy for cross-entropy losses only).
+
+        The loss is the training objective: the data loss plus the L1/L2 penalty; ``penalty=False``
+        reports the data loss alone (to compare models with different penalties).
+        """
         loss = self._resolve_loss(loss)
         batch_size = validation.check_int("batch_size", batch_size, low=1)
         Xd, Yd = self._upload(X, y, loss)
         with self.backend.activate():
-            return self._evaluate_device(Xd, Yd, loss, batch_size)
+            return self._evaluate_device(Xd, Yd, loss, batch_size, penalty=bool(penalty))
 
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
             shuffle=True, callbacks=None, verbose=1, cuda_graph=None):

@@ -139,6 +139,9 @@ def test_compare_reports_mean_and_std(tmp_path):
     assert len(report["results"]) == 4
     for r in report["results"]:
         assert len(r["runs"]) == 2 and r["loss_std"] >= 0 and np.isfinite(r["loss_mean"]) and r["seconds_mean"] > 0
+        assert np.isfinite(r["mse_mean"]) and r["mse_std"] >= 0
+        if r["settings"]["loss"] == "mse":
+            assert r["mse_mean"] == pytest.approx(r["loss_mean"])
     assert "± " in (out / "compare.md").read_text()
     assert_png(out / "compare.png")
     assert one_line_error(gpunet_cli("compare", "--dataset", "sinc", "--vary", "colour=red", "--out", out))

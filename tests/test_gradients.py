@@ -67,6 +67,7 @@ def test_gradient_with_l1_l2_penalties(l1, l2, rng):
     W = net.get_weights()[0::2]
     penalty = sum(l1 * np.abs(w).sum() + l2 * (w ** 2).sum() for w in W)
     assert value == pytest.approx(plain.evaluate(X, y)["loss"] + penalty, rel=1e-12)
+    assert net.evaluate(X, y, penalty=False)["loss"] == pytest.approx(plain.evaluate(X, y)["loss"], rel=1e-12)
     for g, e in zip(grads, numeric_gradient(net, X, y, "cross_entropy")):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
 
