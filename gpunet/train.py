@@ -159,14 +159,16 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
         cuda_graph = os.environ.get("GPUNET_CUDA_GRAPH", "0") == "1"
     trainer = _Trainer(model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose)
     backend = model.backend
-    # overflow inside an epoch is reported once, as DivergenceError, not as a flood of warnings
-    with backend.activate(), _stop_on_sigint() as interrupted, np.errstate(all="ignore"), trainer.stream():
+    with backend.activate():
         try:
             trainer.allocate(cuda_graph)
         except Exception as exc:
             if not backend.is_out_of_memory(exc):
                 raise
             raise OutOfMemoryError(_oom_message(model, trainer.B, "allocating the training buffers")) from None
+    # every training launch goes to one stream (the graph's when graphs are on: replays stay ordered with
+    # the eager work); overflow inside an epoch is reported once, as DivergenceError, not as warnings
+    with backend.activate(), trainer.stream(), _stop_on_sigint() as interrupted, np.errstate(all="ignore"):
         cbs.begin()
         cbs.on_train_begin()
         final_epoch = model.epochs_trained + epochs

@@ -130,3 +130,15 @@ def test_summary_lists_layers_and_parameter_counts():
 def test_callbacks_must_be_callbacks(blobs):
     with pytest.raises(TypeError, match="Callback"):
         net().fit(*blobs, epochs=1, callbacks=[lambda: None], verbose=0)
+
+
+def test_cuda_graph_request_on_cpu_falls_back_to_the_same_training(blobs, caplog):
+    import logging
+    X, y = blobs
+    a, b = net(), net()
+    a.fit(X, y, epochs=2, batch_size=32, verbose=0)
+    with caplog.at_level(logging.INFO, logger="gpunet"):
+        b.fit(X, y, epochs=2, batch_size=32, verbose=0, cuda_graph=True)
+    assert any("CUDA graphs need a CUDA device" in r.getMessage() for r in caplog.records)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
