@@ -387,7 +387,7 @@ def cmd_info(args):
     try:
         import numba  # noqa: PLC0415
 
-        print(f"numba {numba.__version__} (fused CPU optimizer on)")
+        print(f"numba {numba.__version__} (fused CPU training step and optimizer on)")
     except Exception:
         print("numba: not installed (CPU optimizer uses plain NumPy; pip install 'gpunet[numba]')")
     print(f"BLAS: {blas_info()}")
