@@ -8,7 +8,7 @@
 __version__ = "0.1.0"
 
 from gpunet import callbacks, datasets
-from gpunet.backend import DeviceUnavailableError, devices
+from gpunet.backend import DeviceUnavailableError, OutOfMemoryError, devices
 from gpunet.callbacks import Callback, CosineDecay, EarlyStopping, LearningRateScheduler, ModelCheckpoint, StepDecay
 from gpunet.io import load
 from gpunet.model import MLP
@@ -17,6 +17,6 @@ from gpunet.train import DivergenceError
 
 __all__ = [
     "MLP", "SGD", "Adam", "AdamW", "load", "devices", "datasets", "callbacks", "DeviceUnavailableError",
-    "DivergenceError", "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "StepDecay",
+    "DivergenceError", "OutOfMemoryError", "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "StepDecay",
     "CosineDecay", "__version__",
 ]

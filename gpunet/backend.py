@@ -26,6 +26,10 @@ class DeviceUnavailableError(RuntimeError):
     """A CUDA device was requested but cannot be used; the message says why and what to install."""
 
 
+class OutOfMemoryError(MemoryError):
+    """The device (or host) ran out of memory; the message says what did not fit and what to try."""
+
+
 def namespace(a):
     """The array namespace of ``a`` (``numpy``, ``cupy``, ``array_api_strict``, ...): CuPy's
     ``get_array_module`` pattern through the Array-API ``__array_namespace__`` hook."""
@@ -125,12 +129,19 @@ class Backend:
     def to_device(self, a, dtype: str | None = None):
         """Copy a host array (or nested sequence) to this device, optionally casting it."""
         a = np.asarray(a, dtype=dtype)
-        if self.kind == "numpy":
-            return np.ascontiguousarray(a)
-        if self.kind == "cupy":
-            with self.device:
-                return self.xp.asarray(np.ascontiguousarray(a))
-        return self.xp.asarray(a, dtype=self.dtype(str(a.dtype)), device=self.device)
+        try:
+            if self.kind == "numpy":
+                return np.ascontiguousarray(a)
+            if self.kind == "cupy":
+                with self.device:
+                    return self.xp.asarray(np.ascontiguousarray(a))
+            return self.xp.asarray(a, dtype=self.dtype(str(a.dtype)), device=self.device)
+        except Exception as exc:
+            if not self.is_out_of_memory(exc):
+                raise
+            raise OutOfMemoryError(f"not enough memory on {self.name} for an array of shape {a.shape} "
+                                   f"({a.nbytes / 2 ** 20:,.0f} MiB): use a smaller dataset or dtype='float32', "
+                                   f"or train on another device") from None
 
     def to_host(self, a) -> np.ndarray:
         """Copy a device array to a new host ``numpy.ndarray`` (never a view of device data)."""

@@ -22,16 +22,13 @@ import time
 import numpy as np
 
 from gpunet import callbacks as _callbacks, losses, optim, validation
+from gpunet.backend import OutOfMemoryError
 
 log = logging.getLogger("gpunet")
 
 
 class DivergenceError(RuntimeError):
     """The training loss became NaN or Inf; the model keeps its last finite weights."""
-
-
-class OutOfMemoryError(MemoryError):
-    """Training ran out of device (or host) memory; the message suggests a smaller batch size."""
 
 
 class _Snapshot:

@@ -258,8 +258,22 @@ def test_out_of_memory_becomes_a_clear_error_and_rolls_back(monkeypatch):
             raise MemoryError("cannot allocate")
         return real(*args, **kwargs)
     monkeypatch.setattr(model.optimizer, "step", flaky)
-    with pytest.raises(MemoryError, match=r"out of memory on cpu .* batch_size=4 .* try a smaller batch_size"):
+    with pytest.raises(gn.OutOfMemoryError, match=r"out of memory on cpu .* batch_size=4 .* try a smaller batch_size"):
         model.fit(X, LABELS, epochs=2, batch_size=4, verbose=0)
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert model.epochs_trained == 1
+
+
+def test_data_that_does_not_fit_on_the_device_is_a_clear_error(monkeypatch):
+    model = clf()
+    before = model.get_weights()
+
+    def no_room(a):
+        raise MemoryError("Unable to allocate")
+    monkeypatch.setattr(np, "ascontiguousarray", no_room)
+    with pytest.raises(gn.OutOfMemoryError, match=r"not enough memory on cpu for an array of shape \(20, 4\)"):
+        model.fit(X, LABELS, epochs=1, verbose=0)
+    monkeypatch.undo()
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
