@@ -435,6 +435,7 @@ def parse_args(argv):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="BLAS/torch threads (default: all cores)")
     p.add_argument("--quick", action="store_true", help="smoke test: batch 128 and the small net, few steps")
+    p.add_argument("--tf32", action="store_true", help="TF32 matmuls on CUDA for gpunet and PyTorch (recorded)")
     p.add_argument("--out", default="benchmarks/results", help="folder for bench.json, bench.md, bench.png")
     return p.parse_args(argv)
 
@@ -450,6 +451,14 @@ def default_steps(layers, batch_size, device):
 def run(args):
     from gpunet import backend, plot  # noqa: PLC0415
 
+    if getattr(args, "tf32", False):
+        backend.set_tf32(True)
+        try:
+            import torch  # noqa: PLC0415
+
+            torch.backends.cuda.matmul.allow_tf32 = True
+        except ImportError:
+            pass
     device = backend.resolve(args.device).name
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     peers = [p for p in args.peers.split(",") if p]

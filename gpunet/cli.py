@@ -94,6 +94,7 @@ def _add_model_args(p):
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["float32", "float64"])
     p.add_argument("--seed", type=int)
+    p.add_argument("--tf32", action="store_true", help="TF32 tensor-core matmuls for float32 on CUDA (opt-in)")
 
 
 def build_parser():
@@ -207,7 +208,10 @@ def _write_json(path, obj):
 # ----------------------------------------------------------------------------- train
 def cmd_train(args):
     import gpunet as gn  # noqa: PLC0415
-    from gpunet import callbacks, plot  # noqa: PLC0415
+    from gpunet import backend, callbacks, plot  # noqa: PLC0415
+
+    if args.tf32:
+        backend.set_tf32(True)
 
     previous = {"history": {}, "seconds": []}
     if args.resume:

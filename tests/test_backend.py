@@ -117,3 +117,20 @@ def test_dtype_names():
     for bad in ("int32", "float16", "complex64", None):
         with pytest.raises(ValueError, match="dtype must be one of float32, float64"):
             backend.check_dtype(bad)
+
+
+def test_tf32_is_opt_in_and_set_before_cupy_is_used(monkeypatch):
+    monkeypatch.delenv("CUPY_TF32", raising=False)
+    monkeypatch.delenv("GPUNET_TF32", raising=False)
+    import os
+    import sys
+    monkeypatch.setitem(sys.modules, "cupy", None)  # an import that fails, after reading the variable
+    with pytest.raises(ImportError):
+        backend._import_cupy()
+    assert "CUPY_TF32" not in os.environ
+    monkeypatch.setenv("GPUNET_TF32", "1")
+    with pytest.raises(ImportError):
+        backend._import_cupy()
+    assert os.environ["CUPY_TF32"] == "1"
+    backend.set_tf32(False)
+    assert os.environ["CUPY_TF32"] == "0"
