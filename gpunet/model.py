@@ -75,8 +75,8 @@ class MLP:
         if init not in _init.SCHEMES:
             raise ValueError(f"unknown init {init!r}; choose one of {', '.join(_init.SCHEMES)}")
         self.init = init
-        self.l1 = validation.check_fraction("l1", l1, high_open=False) if l1 else 0.0
-        self.l2 = validation.check_fraction("l2", l2, high_open=False) if l2 else 0.0
+        self.l1 = validation.check_nonnegative("l1", l1)
+        self.l2 = validation.check_nonnegative("l2", l2)
         self.dropout = validation.check_fraction("dropout", dropout)
         self.backend = _backend.resolve(device)
         self.xp = self.backend.xp

@@ -29,6 +29,16 @@ def check_fraction(name, value, high_open=True):
     return value
 
 
+def check_nonnegative(name, value):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    if not (value >= 0.0 and value != float("inf")):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
 def check_layers(layers):
     try:
         sizes = list(layers)

@@ -105,7 +105,8 @@ CONSTRUCTOR_ROWS = [
     (dict(layers=[4, 3], seed="a"), TypeError, r"seed must be an integer"),
     (dict(layers=[4, 3], init="xavier"), ValueError, r"unknown init 'xavier'; choose one of glorot, he"),
     (dict(layers=[4, 3], dropout=1.0), ValueError, r"dropout must be in \[0, 1\)"),
-    (dict(layers=[4, 3], l2=-0.1), ValueError, r"l2 must be in"),
+    (dict(layers=[4, 3], l2=-0.1), ValueError, r"l2 must be a finite number >= 0"),
+    (dict(layers=[4, 3], l1=float("nan")), ValueError, r"l1 must be a finite number >= 0"),
     (dict(layers=[4, 3], l1="big"), TypeError, r"l1 must be a number"),
 ]
 
