@@ -161,6 +161,27 @@ class CupyOps(ArrayOps):
                      t(dampening), t(weight_decay), np.int32(nesterov), np.int32(first))
 
 
+def new_stream():
+    import cupy  # noqa: PLC0415
+
+    return cupy.cuda.Stream(non_blocking=True)
+
+
+def capture_graph(stream, body):
+    """Record ``body()`` on ``stream`` as a CUDA graph; temporaries come from a private memory pool that
+    is returned with the graph and must live as long as it (cupy#9655)."""
+    import cupy  # noqa: PLC0415
+
+    pool = cupy.cuda.MemoryPool()
+    with cupy.cuda.using_allocator(pool.malloc):
+        stream.begin_capture()
+        try:
+            body()
+        finally:
+            graph = stream.end_capture()
+    return graph, pool
+
+
 class GraphStep:
     """One training step for full batches captured as a CUDA graph and replayed (opt-in).
 
@@ -174,12 +195,11 @@ class GraphStep:
     """
 
     def __init__(self, trainer, warmup=3):
-        import cupy  # noqa: PLC0415
-
-        self.cupy, self.t, self.warmup = cupy, trainer, warmup
+        self.t, self.warmup = trainer, warmup
         model = trainer.model
-        self.stream = cupy.cuda.Stream(non_blocking=True)
-        self.idx = cupy.zeros((trainer.B,), dtype=cupy.int64)
+        xp = model.backend.xp
+        self.stream = new_stream()
+        self.idx = xp.zeros((trainer.B,), dtype=xp.int64)
         self.loss_buf = model._zeros(())
         self.correct_buf = model._zeros(())
         self.graph = self.pool = self.hp = None
@@ -220,18 +240,13 @@ class GraphStep:
             self.correct_buf[...] = ops.correct(t.loss, a_out, y)
 
     def _capture(self):
-        cupy, opt = self.cupy, self.t.opt
+        opt = self.t.opt
         self.invalidate()
         if hasattr(opt, "betas"):
             b1, b2 = opt.betas
             # hp[5] is the step count *before* the captured tick increments it
             self.hp = self.t.model.backend.to_device(
                 np.array([opt.lr, b1, b2, opt.eps, opt.weight_decay, opt.step_count], dtype=np.float64))
-        pool = cupy.cuda.MemoryPool()
-        with cupy.cuda.using_allocator(pool.malloc):
-            self.stream.begin_capture()
-            try:
-                self._body()
-            finally:
-                graph = self.stream.end_capture()
-        self.graph, self.pool, self.lr = graph, pool, opt.lr
+        self.graph, self.pool = capture_graph(self.stream, self._body)
+        self.lr = opt.lr
+        self.captures = getattr(self, "captures", 0) + 1
