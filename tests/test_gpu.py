@@ -6,6 +6,8 @@ import pytest
 import gpunet as gn
 from gpunet import backend, ops as _ops
 
+from helpers import assert_graph_training_equals_eager
+
 pytestmark = pytest.mark.gpu
 
 TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-13)}
@@ -117,17 +119,7 @@ def test_cuda_graph_training_equals_eager(make_opt, rng):
     must train exactly like eager launches."""
     X = rng.standard_normal((406, 20))
     y = rng.integers(0, 5, 406)
-    nets = {}
-    for graph in (False, True):
-        net = gn.MLP([20, 64, 32, 5], "relu", "softmax", device="cuda", dtype="float64", seed=3)
-        hist = net.fit(X, y, epochs=3, batch_size=16, optimizer=make_opt(), callbacks=[gn.StepDecay(1, gamma=0.5)],
-                       verbose=0, cuda_graph=graph)
-        nets[graph] = (net, hist)
-    (eager, he), (graphed, hg) = nets[False], nets[True]
-    assert eager.optimizer.step_count == graphed.optimizer.step_count == 3 * 26
-    np.testing.assert_allclose(hg.history["loss"], he.history["loss"], rtol=1e-10)
-    for a, b in zip(eager.get_weights(), graphed.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert_graph_training_equals_eager("cuda", [20, 64, 32, 5], make_opt, X, y, steps=3 * 26, rtol=1e-10, atol=1e-12)
 
 
 def test_cuda_graph_resume_after_save_load(tmp_path, rng):

@@ -15,6 +15,8 @@ import pytest
 import gpunet as gn
 from gpunet import activations, backend, kernels
 
+from helpers import assert_graph_training_equals_eager
+
 CODE_TO_ACT = {v: k for k, v in kernels.ACT_CODES.items()}
 SCALARS = {"int": np.int32, "long long": np.int64, "double": np.float64, "float": np.float32}
 
@@ -257,17 +259,7 @@ def test_graph_step_bookkeeping_matches_eager_training(fake_graphs, make_opt, rn
     last batch, and step counting: graph mode must train exactly like eager mode."""
     X = rng.standard_normal((100, 6))
     y = rng.integers(0, 3, 100)
-    runs = {}
-    for graph in (False, True):
-        net = gn.MLP([6, 8, 3], "relu", "softmax", device=fake_graphs, dtype="float64", seed=1)
-        hist = net.fit(X, y, epochs=3, batch_size=16, optimizer=make_opt(), callbacks=[gn.StepDecay(1, gamma=0.5)],
-                       verbose=0, cuda_graph=graph)
-        runs[graph] = (net, hist)
-    (eager, he), (graphed, hg) = runs[False], runs[True]
-    assert graphed.optimizer.step_count == eager.optimizer.step_count == 3 * 7
-    np.testing.assert_allclose(hg.history["loss"], he.history["loss"], rtol=1e-12)
-    for a, b in zip(eager.get_weights(), graphed.get_weights()):
-        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+    assert_graph_training_equals_eager(fake_graphs, [6, 8, 3], make_opt, X, y, steps=3 * 7, rtol=1e-12, atol=1e-14)
 
 
 def test_graph_is_recaptured_after_a_rollback(fake_graphs, rng, monkeypatch):
