@@ -32,8 +32,14 @@ class OutOfMemoryError(MemoryError):
 
 def namespace(a):
     """The array namespace of ``a`` (``numpy``, ``cupy``, ``array_api_strict``, ...): CuPy's
-    ``get_array_module`` pattern through the Array-API ``__array_namespace__`` hook."""
-    return a.__array_namespace__()
+    ``get_array_module`` pattern, through the Array-API ``__array_namespace__`` hook where the array has
+    one. CuPy's ndarray does not (CuPy 14), so its arrays are recognised by their type's module."""
+    get = getattr(a, "__array_namespace__", None)
+    if get is not None:
+        return get()
+    if type(a).__module__.partition(".")[0] == "cupy":
+        return _import_cupy()
+    raise TypeError(f"expected an array (NumPy, CuPy or Array-API), got {type(a).__name__}")
 
 
 # ----------------------------------------------------------------------------- CUDA detection

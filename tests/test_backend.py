@@ -134,3 +134,23 @@ def test_tf32_is_opt_in_and_set_before_cupy_is_used(monkeypatch):
     assert os.environ["CUPY_TF32"] == "1"
     backend.set_tf32(False)
     assert os.environ["CUPY_TF32"] == "0"
+
+
+def test_namespace_of_cupy_arrays_without_the_array_api_hook(monkeypatch):
+    """CuPy 14's ndarray has no __array_namespace__: its arrays are recognised by their module."""
+    fake_cupy = types.SimpleNamespace(name="cupy")
+    monkeypatch.setattr(backend, "_import_cupy", lambda: fake_cupy)
+    FakeCupyArray = type("ndarray", (), {"__module__": "cupy._core.core"})
+    assert backend.namespace(FakeCupyArray()) is fake_cupy
+    assert backend.namespace(np.zeros(2)) is np
+    assert backend.namespace(np.float32(1.0)) is np
+    with pytest.raises(TypeError, match="expected an array"):
+        backend.namespace([1, 2])
+
+
+def test_installed_cupy_arrays_lack_the_hook_or_resolve_to_cupy():
+    """Guards the assumption above against the CuPy actually installed (no GPU needed)."""
+    cupy = pytest.importorskip("cupy")
+    assert cupy.ndarray.__module__.partition(".")[0] == "cupy"
+    if hasattr(cupy.ndarray, "__array_namespace__"):
+        pytest.skip("this CuPy implements __array_namespace__")
