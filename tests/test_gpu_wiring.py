@@ -153,13 +153,42 @@ class FakeDevice:
         pass
 
 
+class FakeCupyArray(np.ndarray):
+    """Like CuPy 14's ndarray where it matters here: defined in a ``cupy`` module, and without the
+    Array-API ``__array_namespace__`` hook (so the maths must find its namespace another way)."""
+
+    @property
+    def __array_namespace__(self):
+        raise AttributeError("CuPy arrays have no __array_namespace__")
+
+
+FakeCupyArray.__module__ = "cupy._fake"
+
+
+class FakeCupy:
+    """NumPy, returning FakeCupyArray wherever NumPy returns an ndarray."""
+
+    def __getattr__(self, name):
+        attr = getattr(np, name)
+        if not callable(attr) or isinstance(attr, type):
+            return attr
+
+        def wrapped(*args, **kwargs):
+            out = attr(*args, **kwargs)
+            return out.view(FakeCupyArray) if type(out) is np.ndarray else out
+        return wrapped
+
+
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    """A 'cuda:0' backend whose arrays are NumPy's and whose kernels are the checked fakes above."""
+    """A 'cuda:0' backend whose arrays are NumPy-backed stand-ins for CuPy's and whose kernels are the
+    checked fakes above."""
     log = []
+    xp = FakeCupy()
     monkeypatch.setattr(kernels, "_module", lambda device_id: FakeModule(log))
-    monkeypatch.setattr(backend.Backend, "to_host", lambda self, a: np.array(a, copy=True))
-    be = backend.Backend("cuda:0", np, "cupy", device=FakeDevice())
+    monkeypatch.setattr(backend, "_import_cupy", lambda: xp)
+    monkeypatch.setattr(backend.Backend, "to_host", lambda self, a: np.array(a, copy=True).view(np.ndarray))
+    be = backend.Backend("cuda:0", xp, "cupy", device=FakeDevice())
     be.launched = log
     return be
 
@@ -182,6 +211,7 @@ def test_cuda_backend_trains_like_the_cpu(fake_cuda, hidden, out, loss, make_opt
         hist = net.fit(X, y, epochs=3, batch_size=16, optimizer=make_opt(), loss=loss, validation_data=(X, y), verbose=0)
         nets[name] = (net, hist)
     assert nets["cuda"][0].device == "cuda:0" and nets["cuda"][0].backend.ops.name == "cuda"
+    assert isinstance(nets["cuda"][0].params, FakeCupyArray)
     tol = dict(rtol=1e-9, atol=1e-12) if dtype == "float64" else dict(rtol=2e-4, atol=2e-5)
     for key in nets["cpu"][1].history:
         np.testing.assert_allclose(nets["cuda"][1].history[key], nets["cpu"][1].history[key], **tol)
