@@ -85,7 +85,7 @@ class ArrayOps:
         Drawn on the host from the model's seeded ``rng`` and uploaded (no ``xp.random`` in the
         Array API)."""
         keep = 1.0 - rate
-        u = self.backend.to_device(rng.random(tuple(out.shape)), str(out.dtype).split(".")[-1])
+        u = self.xp.astype(self.backend.to_device(rng.random(tuple(out.shape))), out.dtype)
         out[...] = self.xp.floor(u + keep) * (1.0 / keep)  # u + keep >= 1  <=>  u >= rate
         return out
 

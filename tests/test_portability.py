@@ -184,3 +184,18 @@ def test_fused_training_matches_the_unfused_path(monkeypatch, rng):
     np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=1e-10)
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(wa, wb, rtol=1e-9, atol=1e-12)
+
+
+def test_strict_namespace_with_dropout_and_penalties(rng):
+    """Dropout masks (drawn on the host from the same seeded stream) and L1/L2 penalties give the
+    same training under NumPy and under array_api_strict."""
+    strict = strict_or_skip()
+    X, y = data(rng, n=24)
+    kw = dict(dropout=0.25, l1=1e-3, l2=1e-2)
+    a, b = make("cpu", **kw), make(strict, **kw)
+    ha = a.fit(X, y, epochs=3, batch_size=8, optimizer=gn.Adam(lr=1e-2), verbose=0)
+    hb = b.fit(X, y, epochs=3, batch_size=8, optimizer=gn.Adam(lr=1e-2), verbose=0)
+    np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=1e-10)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-9, atol=1e-12)
+    assert a.evaluate(X, y)["loss"] == pytest.approx(b.evaluate(X, y)["loss"], rel=1e-10)
