@@ -15,6 +15,17 @@ from gpunet.model import MLP
 from gpunet.optim import SGD, Adam, AdamW
 from gpunet.train import DivergenceError
 
+
+
+def __getattr__(name):
+    """``gn.plot`` and ``gn.bench`` import on first use (matplotlib and the peers are not needed to train)."""
+    if name in ("plot", "bench"):
+        import importlib
+
+        return importlib.import_module(f"gpunet.{name}")
+    raise AttributeError(f"module 'gpunet' has no attribute {name!r}")
+
+
 __all__ = [
     "MLP", "SGD", "Adam", "AdamW", "load", "devices", "datasets", "callbacks", "DeviceUnavailableError",
     "DivergenceError", "OutOfMemoryError", "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "StepDecay",

@@ -142,3 +142,19 @@ def test_cuda_graph_request_on_cpu_falls_back_to_the_same_training(blobs, caplog
     assert any("CUDA graphs need a CUDA device" in r.getMessage() for r in caplog.records)
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(wa, wb)
+
+
+def test_plot_functions_from_python(blobs, tmp_path):
+    from helpers import assert_png
+    X, y = blobs
+    model = net()
+    hist = model.fit(X, y, epochs=3, validation_data=(X, y), verbose=0)
+    gn.plot.plot_history(hist, tmp_path / "h.png")
+    gn.plot.plot_confusion(y, model.predict_classes(X), tmp_path / "c.png", n_classes=2)
+    reg = gn.MLP([1, 8, 1], "tanh", device="cpu")
+    Xs, ys = gn.datasets.sinc(100)
+    reg.fit(Xs, ys, epochs=2, verbose=0)
+    gn.plot.plot_fit(reg, Xs, ys, tmp_path / "f.png")
+    for name in ("h.png", "c.png", "f.png"):
+        assert_png(tmp_path / name)
+    assert gn.plot.confusion_matrix([0, 1, 1], [0, 1, 0], 2).tolist() == [[1, 0], [1, 1]]
