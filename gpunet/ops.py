@@ -10,11 +10,14 @@ Shapes: ``B`` rows (samples) per batch, ``n``/``m`` units; weight matrices are (
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 
 from gpunet import activations, losses
+
+log = logging.getLogger("gpunet")
 
 
 class ArrayOps:
@@ -174,7 +177,6 @@ class NumpyOps(ArrayOps):
             return losses.value(loss, z, a, y)
         return super().loss_delta(loss, output_activation, z, a, y, delta)
 
-
     #: the fused step runs when every weight matrix is at most this big (256 x 256): then a step is bound by
     #: per-call overhead, which fusing removes (2-3x faster on the seed's [1, 50 x 9, 1]). Larger layers
     #: spend their time in GEMMs, equally fast either way, and stay on NumPy's own BLAS (Numba's np.dot
@@ -199,15 +201,12 @@ class NumpyOps(ArrayOps):
         try:  # the first call compiles; a failure there (e.g. no SciPy BLAS for Numba) changes nothing
             result = self._mlp_step(*args)
         except Exception as exc:
-            import logging  # noqa: PLC0415
-
-            logging.getLogger("gpunet").warning("gpunet: fused CPU step unavailable (%s: %s); using NumPy",
-                                                type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            log.warning("gpunet: fused CPU step unavailable (%s: %s); using NumPy",
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             self._mlp_step = None
             return None
         self._compiled.add(key)
         return result
-
 
     def _fusable(self, model):
         forced = os.environ.get("GPUNET_FUSED")
