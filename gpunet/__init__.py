@@ -16,7 +16,6 @@ from gpunet.optim import SGD, Adam, AdamW
 from gpunet.train import DivergenceError
 
 
-
 def __getattr__(name):
     """``gn.plot`` and ``gn.bench`` import on first use (matplotlib and the peers are not needed to train)."""
     if name in ("plot", "bench"):
