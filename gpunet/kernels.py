@@ -205,9 +205,16 @@ class GraphStep:
         self.graph = self.pool = self.hp = None
         self.lr = None
         self.eager_steps = 0
+        self.captures = 0
 
     def invalidate(self):
         self.graph = self.pool = self.hp = None
+
+    def after_eager_step(self):
+        """An eager step (the last, partial batch of an epoch) advanced the optimizer on the host: bring
+        the device-side step count the captured Adam kernel reads back in line (a fill on the stream)."""
+        if self.hp is not None:
+            self.hp[5] = float(self.t.opt.step_count)
 
     def step(self, rows):
         """Train on the full batch ``rows``; returns (loss, correct) as device 0-d arrays."""
@@ -249,4 +256,4 @@ class GraphStep:
                 np.array([opt.lr, b1, b2, opt.eps, opt.weight_decay, opt.step_count], dtype=np.float64))
         self.graph, self.pool = capture_graph(self.stream, self._body)
         self.lr = opt.lr
-        self.captures = getattr(self, "captures", 0) + 1
+        self.captures += 1

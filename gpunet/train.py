@@ -290,6 +290,8 @@ class _Trainer:
                 value, correct = self._graph_step(rows, r)
             else:
                 value, correct = self.step(rows, r)
+                if self.graph is not None:
+                    self.graph.after_eager_step()
             batch_loss[i] = value
             if self.classification:
                 batch_correct[i] = correct

@@ -114,12 +114,14 @@ def test_gpu_dropout_trains(rng):
 
 @pytest.mark.parametrize("make_opt", [lambda: gn.Adam(lr=1e-3, amsgrad=True), lambda: gn.AdamW(lr=1e-3),
                                       lambda: gn.SGD(lr=0.05, momentum=0.9, nesterov=True)])
-def test_cuda_graph_training_equals_eager(make_opt, rng):
+@pytest.mark.parametrize("schedule", [True, False])
+def test_cuda_graph_training_equals_eager(make_opt, schedule, rng):
     """Replayed graphs (with a recapture when the schedule changes lr, and an eager last batch of 6)
     must train exactly like eager launches."""
     X = rng.standard_normal((406, 20))
     y = rng.integers(0, 5, 406)
-    assert_graph_training_equals_eager("cuda", [20, 64, 32, 5], make_opt, X, y, steps=3 * 26, rtol=1e-10, atol=1e-12)
+    assert_graph_training_equals_eager("cuda", [20, 64, 32, 5], make_opt, X, y, steps=3 * 26, rtol=1e-10, atol=1e-12,
+                                       schedule=schedule)
 
 
 def test_cuda_graph_resume_after_save_load(tmp_path, rng):

@@ -284,12 +284,14 @@ def fake_graphs(fake_cuda, monkeypatch):
 
 @pytest.mark.parametrize("make_opt", [lambda: gn.Adam(lr=1e-2), lambda: gn.AdamW(lr=1e-2, amsgrad=True),
                                       lambda: gn.SGD(lr=0.05, momentum=0.9)])
-def test_graph_step_bookkeeping_matches_eager_training(fake_graphs, make_opt, rng):
+@pytest.mark.parametrize("schedule", [True, False])
+def test_graph_step_bookkeeping_matches_eager_training(fake_graphs, make_opt, schedule, rng):
     """Warm-up, the device-side Adam step count, recapture when the schedule changes lr, the eager
     last batch, and step counting: graph mode must train exactly like eager mode."""
     X = rng.standard_normal((100, 6))
     y = rng.integers(0, 3, 100)
-    assert_graph_training_equals_eager(fake_graphs, [6, 8, 3], make_opt, X, y, steps=3 * 7, rtol=1e-12, atol=1e-14)
+    assert_graph_training_equals_eager(fake_graphs, [6, 8, 3], make_opt, X, y, steps=3 * 7, rtol=1e-12, atol=1e-14,
+                                       schedule=schedule)
 
 
 def test_graph_is_recaptured_after_a_rollback(fake_graphs, rng, monkeypatch):
