@@ -85,13 +85,12 @@ if numba is not None:
             buf[i] = b
             p[i] -= lr * (gi + momentum * b if nesterov else b)
 
-    def adam_step(p, g, m, v, vmax, *, lr, beta1, beta2, eps, weight_decay, step, amsgrad, decoupled):
-        """Fused Adam/AdamW update of the flat buffers ``p, g, m, v`` (and ``vmax``), in place."""
+    def adam_step(p, g, m, v, vmax, *, lr, beta1, beta2, eps, weight_decay, step_size, bc2_sqrt, amsgrad, decoupled):
+        """Fused Adam/AdamW update of the flat buffers ``p, g, m, v`` (and ``vmax``), in place; the bias
+        corrections come from :meth:`gpunet.optim.Adam.step`."""
         t = p.dtype.type
-        bc1 = 1.0 - beta1 ** step
-        bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
         _adam(p, g, m, v, vmax if amsgrad else m, t(lr), t(beta1), t(beta2), t(eps), t(weight_decay),
-              t(lr / bc1), t(bc2_sqrt), bool(amsgrad), bool(decoupled))
+              t(step_size), t(bc2_sqrt), bool(amsgrad), bool(decoupled))
 
     def sgd_step(p, g, buf, *, lr, momentum, dampening, weight_decay, nesterov, first):
         """Fused SGD (momentum, Nesterov, coupled weight decay) update, in place."""

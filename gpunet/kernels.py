@@ -141,10 +141,8 @@ class CupyOps(ArrayOps):
         return self._buffers[key]
 
     # -- fused optimizers over the flat buffer -----------------------------------------------------
-    def _adam(self, p, g, m, v, vmax, *, lr, beta1, beta2, eps, weight_decay, step, amsgrad, decoupled):
+    def _adam(self, p, g, m, v, vmax, *, lr, beta1, beta2, eps, weight_decay, step_size, bc2_sqrt, amsgrad, decoupled):
         t = p.dtype.type
-        step_size = lr / (1.0 - beta1 ** step)
-        bc2_sqrt = (1.0 - beta2 ** step) ** 0.5
         self._launch("gn_adam", p, p.size, p, g, m, v, vmax if amsgrad else m, np.int64(p.size), t(lr), t(beta1),
                      t(beta2), t(eps), t(weight_decay), t(step_size), t(bc2_sqrt), np.int32(amsgrad), np.int32(decoupled))
 

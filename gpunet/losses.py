@@ -105,6 +105,6 @@ def correct(loss, a, y):
     return xp.sum(xp.astype((a > 0.5) == (y > 0.5), a.dtype))
 
 
-def accuracy_count(loss, a):
-    """Denominator matching :func:`correct`."""
-    return a.shape[0] if loss == "cross_entropy" else _count(a)
+def accuracy_count(loss, n_samples, n_outputs):
+    """Denominator matching :func:`correct`: samples for cross-entropy, entries for BCE."""
+    return n_samples if loss == "cross_entropy" else n_samples * n_outputs

@@ -192,21 +192,24 @@ class MLP:
                 delta = ops.activation_backward(prev, ws.a[l][:r, ...], self.hidden_activation)
 
     def _penalty(self):
-        """``l1 * sum|W| + l2 * sum W^2`` as a 0-d device array; adds its gradient to ``dW``."""
-        xp = self.xp
-        value = 0.0
+        """Add the penalty's gradient to ``dW``; return its value (see :meth:`_penalty_value`)."""
         for W, dW in zip(self.W, self.dW):
             if self.l2:
-                value = value + self.l2 * xp.sum(W * W)
                 dW += (2.0 * self.l2) * W
             if self.l1:
-                value = value + self.l1 * xp.sum(xp.abs(W))
-                dW += self.l1 * xp.sign(W)
-        return value
+                dW += self.l1 * self.xp.sign(W)
+        return self._penalty_value()
 
     def _penalty_value(self):
+        """``l1 * sum|W| + l2 * sum W^2`` over the weight matrices, as a 0-d device array."""
         xp = self.xp
-        return sum(self.l2 * xp.sum(W * W) + self.l1 * xp.sum(xp.abs(W)) for W in self.W)
+        value = 0.0
+        for W in self.W:
+            if self.l2:
+                value = value + self.l2 * xp.sum(W * W)
+            if self.l1:
+                value = value + self.l1 * xp.sum(xp.abs(W))
+        return value
 
     def _step_gradients(self, x, y, ws, loss, train):
         """Forward + backward on one batch; returns (loss 0-d array, output activations)."""
@@ -290,8 +293,7 @@ class MLP:
             total = total + n * self._penalty_value()
         result = {"loss": self.backend.item(total) / n}
         if loss in losses.CLASSIFICATION:
-            denom = n if loss == "cross_entropy" else n * self.layer_sizes[-1]
-            result["accuracy"] = self.backend.item(correct) / denom
+            result["accuracy"] = self.backend.item(correct) / losses.accuracy_count(loss, n, self.layer_sizes[-1])
         return result
 
     def evaluate(self, X, y, loss=None, batch_size=DEFAULT_EVAL_BATCH, penalty=True):

@@ -137,9 +137,12 @@ class Adam(Optimizer):
         beta1, beta2 = self.betas
         m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
         vmax = self.state.get("max_exp_avg_sq")
+        step_size = self.lr / (1.0 - beta1 ** t)  # lr over the first moment's bias correction
+        bc2_sqrt = math.sqrt(1.0 - beta2 ** t)  # square root of the second moment's bias correction
         if ops is not None and ops.adam is not None:
             ops.adam(params, grads, m, v, vmax, lr=self.lr, beta1=beta1, beta2=beta2, eps=self.eps,
-                     weight_decay=self.weight_decay, step=t, amsgrad=self.amsgrad, decoupled=self.decoupled)
+                     weight_decay=self.weight_decay, step_size=step_size, bc2_sqrt=bc2_sqrt, amsgrad=self.amsgrad,
+                     decoupled=self.decoupled)
             return
         xp = namespace(params)
         g = grads
@@ -153,8 +156,7 @@ class Adam(Optimizer):
         if self.amsgrad:
             vmax[...] = xp.maximum(vmax, v)
             v = vmax
-        step_size = self.lr / (1.0 - beta1 ** t)
-        denom = xp.sqrt(v) / math.sqrt(1.0 - beta2 ** t) + self.eps
+        denom = xp.sqrt(v) / bc2_sqrt + self.eps
         params -= step_size * (m / denom)
 
 

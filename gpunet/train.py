@@ -217,7 +217,7 @@ class _Trainer:
         self.sizes = np.full(self.n_batches, self.B, dtype=np.float64)
         self.sizes[-1] = n - self.B * (self.n_batches - 1)
         self.classification = loss in losses.CLASSIFICATION
-        self.acc_denominator = n if loss == "cross_entropy" else n * model.layer_sizes[-1]
+        self.acc_denominator = losses.accuracy_count(loss, n, model.layer_sizes[-1])
         self.history = _callbacks.History()
 
     def allocate(self, cuda_graph=False):

@@ -247,7 +247,8 @@ def test_device_side_adam_step_matches_the_eager_kernel(fake_cuda, rng):
     for t in range(1, 6):
         g = rng.standard_normal(300)
         ops.adam(a, g, state["m1"], state["v1"], state["x1"], lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-7,
-                 weight_decay=0.05, step=t, amsgrad=True, decoupled=True)
+                 weight_decay=0.05, step_size=1e-2 / (1 - 0.9 ** t), bc2_sqrt=np.sqrt(1 - 0.99 ** t), amsgrad=True,
+                 decoupled=True)
         ops.adam_device(b, g, state["m2"], state["v2"], state["x2"], hp, amsgrad=True, decoupled=True)
     assert hp[5] == 5
     np.testing.assert_allclose(b, a, rtol=1e-12)
