@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpunet.init import initial_weights
+
 MNIST_LAYERS = [784, 512, 256, 10]
 SMALL_LAYERS = [1] + [50] * 9 + [1]
 
@@ -132,12 +134,8 @@ class NumpyRunner(Runner):
 
     def __init__(self, w, dtype):
         self.name = "numpy"
-        rng = np.random.default_rng(0)
         self.w, self.dtype = w, np.dtype(dtype)
-        self.params = []
-        for a, b in zip(w.layers[:-1], w.layers[1:]):
-            lim = np.sqrt(6 / (a + b))
-            self.params += [rng.uniform(-lim, lim, (a, b)).astype(dtype), np.zeros(b, dtype)]
+        self.params = [p.astype(dtype) for p in initial_weights(w.layers, rng=0)]
         self.m = [np.zeros_like(p) for p in self.params]
         self.v = [np.zeros_like(p) for p in self.params]
         self.t = 0
@@ -246,11 +244,8 @@ class JaxRunner(Runner):
         self.name, self.w, self.jax = "jax", w, jax
         platform_ = "gpu" if device.startswith("cuda") else "cpu"
         self.dev = jax.devices(platform_)[0]
-        rng = np.random.default_rng(0)
-        params = []
-        for a, b in zip(w.layers[:-1], w.layers[1:]):
-            lim = np.sqrt(6 / (a + b))
-            params.append((rng.uniform(-lim, lim, (a, b)).astype(dtype), np.zeros(b, dtype)))
+        flat = [p.astype(dtype) for p in initial_weights(w.layers, rng=0)]
+        params = list(zip(flat[0::2], flat[1::2]))
         put = lambda t: jax.device_put(t, self.dev)  # noqa: E731
         self.params = put(params)
         self.m = put(jax.tree_util.tree_map(np.zeros_like, params))

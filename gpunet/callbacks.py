@@ -62,6 +62,10 @@ def _better(mode, monitor):
     return mode
 
 
+def _improved(mode, value, best, min_delta=0.0):
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
 
@@ -85,8 +89,7 @@ class EarlyStopping(Callback):
         if value is None:
             raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which is not among the logged metrics "
                              f"{sorted(logs or {})}; pass validation_data or monitor='loss'")
-        improved = value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
-        if improved:
+        if _improved(self.mode, value, self.best, self.min_delta):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
@@ -118,7 +121,7 @@ class ModelCheckpoint(Callback):
             value = (logs or {}).get(self.monitor)
             if value is None:
                 raise ValueError(f"ModelCheckpoint monitors {self.monitor!r}, which is not logged; have {sorted(logs or {})}")
-            if not (value < self.best if self.mode == "min" else value > self.best):
+            if not _improved(self.mode, value, self.best):
                 return
             self.best = value
         self.model.save(self.path.format(epoch=epoch + 1))

@@ -110,17 +110,16 @@ def read(path):
 def load(path, device="auto", dtype=None):
     """Rebuild a model saved with :meth:`gpunet.MLP.save` on ``device`` (optimizer and RNG state
     included, so ``fit`` continues where it stopped)."""
-    from gpunet import optim  # noqa: PLC0415
+    from gpunet import backend, optim  # noqa: PLC0415
     from gpunet.model import MLP  # noqa: PLC0415
 
     meta, arrays = read(path)
+    be = backend.resolve(device)  # a bad device is the caller's error, not the file's
     try:
-        model = MLP(meta["layers"], meta["hidden_activation"], meta["output_activation"], device=device,
+        model = MLP(meta["layers"], meta["hidden_activation"], meta["output_activation"], device=be,
                     dtype=dtype or meta["dtype"], seed=meta["seed"], init=meta["init"], l1=meta["l1"], l2=meta["l2"],
                     dropout=meta["dropout"])
     except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ValueError) and "device" in str(exc):
-            raise
         raise ValueError(f"{path}: invalid architecture in metadata ({exc})") from None
     params = arrays["params"]
     if params.ndim != 1 or params.shape[0] != model.n_params or params.dtype.kind != "f":
