@@ -13,6 +13,7 @@ from gpunet.callbacks import Callback, CosineDecay, EarlyStopping, LearningRateS
 from gpunet.io import load
 from gpunet.model import MLP
 from gpunet.optim import SGD, Adam, AdamW
+from gpunet.stack import MLPStack
 from gpunet.train import DivergenceError
 
 
@@ -26,7 +27,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "MLP", "SGD", "Adam", "AdamW", "load", "devices", "datasets", "callbacks", "DeviceUnavailableError",
+    "MLP", "MLPStack", "SGD", "Adam", "AdamW", "load", "devices", "datasets", "callbacks", "DeviceUnavailableError",
     "DivergenceError", "OutOfMemoryError", "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "StepDecay",
     "CosineDecay", "__version__",
 ]

@@ -1,0 +1,316 @@
+"""Many models of one shape trained as one: :class:`MLPStack`.
+
+Seed studies and hyper-parameter sweeps train K small networks of the same shape. One at a time they
+leave a GPU idle (every step is a handful of tiny launches) and pay Python overhead per model on the
+CPU. ``MLPStack`` keeps the K parameter vectors as rows of one ``(K, n_params)`` buffer and runs every
+layer for all K models at once with batched GEMMs (``xp.matmul`` on ``(K, rows, n)`` stacks), so a
+step costs about as many calls as one model's step.
+
+Each model keeps everything it would have alone: its initial weights, batch order and dropout masks
+come from its own seed through the same generators as ``MLP(seed=s)`` (the K template models built here
+*are* those generators), and it may have its own learning rate. The optimizer update is elementwise
+over the flat buffer, so it is applied to the whole ``(K, n_params)`` buffer at once with the learning
+rate broadcast per row. Model ``k`` therefore equals ``MLP(seed=seeds[k])`` trained alone with the same
+settings, to float64 rounding (``tests/test_stack.py``).
+
+The maths is written once against ``xp`` (NumPy, CuPy), like :mod:`gpunet.model`; only host-drawn
+randomness (permutations, dropout masks) goes through the backend.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from gpunet import activations, callbacks as _callbacks, losses, optim, validation
+from gpunet.backend import namespace
+from gpunet.model import MLP
+from gpunet.train import DivergenceError
+
+
+class MLPStack:
+    """K networks of one shape, one per seed, trained together.
+
+    Parameters
+    ----------
+    layers, hidden_activation, output_activation, device, dtype, init, l1, l2, dropout
+        As for :class:`gpunet.MLP`; shared by every model.
+    seeds : sequence of int
+        One model per seed (K = ``len(seeds)``); model ``k`` starts exactly like ``MLP(seed=seeds[k])``.
+    lr : sequence of float, optional
+        A learning rate per model; default: the optimizer's ``lr`` for every model.
+
+    Examples
+    --------
+    >>> stack = gn.MLPStack([1, 16, 2], "tanh", seeds=range(16))
+    >>> stack.fit(X, y, epochs=20, batch_size=32, optimizer=gn.SGD(lr=0.1))
+    >>> nets = stack.models()        # 16 ordinary MLPs
+    """
+
+    def __init__(self, layers, hidden_activation="relu", output_activation="linear", *, seeds, lr=None,
+                 device="auto", dtype="float32", init="glorot", l1=0.0, l2=0.0, dropout=0.0):
+        try:
+            seeds = [validation.check_int("seed", s, low=0) for s in seeds]
+        except TypeError:
+            raise TypeError(f"seeds must be a sequence of non-negative integers, got {seeds!r}") from None
+        if not seeds:
+            raise ValueError("seeds must name at least one model")
+        if lr is not None:
+            lr = [optim._check_hyper("lr", v, low=0.0, low_open=True) for v in lr]
+            if len(lr) != len(seeds):
+                raise ValueError(f"lr has {len(lr)} values for {len(seeds)} seeds; give one per model")
+        self._models = [MLP(layers, hidden_activation, output_activation, device=device, dtype=dtype, seed=s,
+                            init=init, l1=l1, l2=l2, dropout=dropout) for s in seeds]
+        m0 = self._models[0]
+        self.seeds, self.lr = seeds, lr
+        self.layer_sizes, self.dtype = m0.layer_sizes, m0.dtype
+        self.hidden_activation, self.output_activation = m0.hidden_activation, m0.output_activation
+        self.l1, self.l2, self.dropout = m0.l1, m0.l2, m0.dropout
+        self.backend, self.xp = m0.backend, m0.xp
+        self.shapes = m0.shapes
+        xp = self.xp
+        with self.backend.activate():
+            self.params = xp.stack([m.params for m in self._models])  # (K, n_params)
+            self.grads = xp.zeros_like(self.params)
+        self.optimizer, self.loss, self.epochs_trained = None, None, 0
+        self.histories = [_callbacks.History() for _ in seeds]
+
+    def __len__(self):
+        return len(self._models)
+
+    @property
+    def device(self) -> str:
+        return self.backend.name
+
+    # ------------------------------------------------------------------ layout
+    def _blocks(self):
+        """(offset, shape) of every parameter block in the flat layout (W1, b1, W2, b2, ...)."""
+        offset = 0
+        for shape in self.shapes:
+            size = math.prod(shape)
+            yield offset, size, shape
+            offset += size
+
+    def _layer_params(self):
+        """Per layer ``(W (K, n_in, n_out), b (K, 1, n_out))``, copies read from the flat buffer."""
+        xp, K = self.xp, len(self)
+        blocks = list(self._blocks())
+        out = []
+        for (ow, sw, shw), (ob, sb, _) in zip(blocks[0::2], blocks[1::2]):
+            out.append((xp.reshape(self.params[:, ow:ow + sw], (K,) + shw),
+                        xp.reshape(self.params[:, ob:ob + sb], (K, 1, sb))))
+        return out
+
+    # ------------------------------------------------------------------ one step
+    def _loss_and_delta(self, loss, z, a, y):
+        """Per-model loss values (K,) and dL/dz (K, r, n_L) of the output layer."""
+        xp = self.xp
+        K, r, k = z.shape
+        per_entry = r * k
+        if loss == "cross_entropy":
+            z2 = xp.reshape(z, (K * r, k))
+            value = -xp.sum(xp.reshape(y * xp.reshape(losses.log_softmax(z2), (K, r, k)), (K, -1)), axis=1) / r
+            return value, (a - y) / r
+        if loss == "binary_cross_entropy":
+            terms = xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
+            return xp.sum(xp.reshape(terms, (K, -1)), axis=1) / per_entry, (a - y) / per_entry
+        d = a - y
+        if loss == "mse":
+            value = xp.sum(xp.reshape(d * d, (K, -1)), axis=1) / per_entry
+            g = (2.0 / per_entry) * d
+        else:
+            value = xp.sum(xp.reshape(xp.abs(d), (K, -1)), axis=1) / per_entry
+            g = xp.sign(d) / per_entry
+        # activations.backward works on rows (softmax's Jacobian is per row): flatten the stack
+        delta = activations.backward(self.output_activation, xp.reshape(a, (K * r, k)), xp.reshape(g, (K * r, k)))
+        return value, xp.reshape(delta, (K, r, k))
+
+    def _output(self, z):
+        xp = self.xp
+        K, r, k = z.shape
+        return xp.reshape(activations.ACTIVATIONS[self.output_activation](xp.reshape(z, (K * r, k))), (K, r, k))
+
+    def _step(self, x, y, loss, masks):
+        """Forward + backward of batches ``x`` (K, r, n_0), ``y`` (K, r, n_L) into ``self.grads``;
+        returns (per-model loss (K,), output activations)."""
+        xp, K = self.xp, len(self)
+        layers = self._layer_params()
+        inputs, acts = [x], []
+        for l, (W, b) in enumerate(layers[:-1]):
+            a = activations.ACTIVATIONS[self.hidden_activation](xp.matmul(inputs[-1], W) + b)
+            acts.append(a)
+            inputs.append(a * masks[l] if masks else a)
+        W, b = layers[-1]
+        z = xp.matmul(inputs[-1], W) + b
+        a_out = self._output(z)
+        value, delta = self._loss_and_delta(loss, z, a_out, y)
+        blocks = list(self._blocks())
+        for l in range(len(layers) - 1, -1, -1):
+            (ow, sw, _), (ob, sb, _) = blocks[2 * l], blocks[2 * l + 1]
+            dW = xp.matmul(_transpose(xp, inputs[l]), delta)
+            self.grads[:, ow:ow + sw] = xp.reshape(dW, (K, sw))
+            self.grads[:, ob:ob + sb] = xp.sum(delta, axis=1)
+            if l:
+                prev = xp.matmul(delta, _transpose(xp, layers[l][0]))
+                if masks:
+                    prev = prev * masks[l - 1]
+                delta = activations.backward(self.hidden_activation, acts[l - 1], prev)
+        if self.l1 or self.l2:
+            for (ow, sw, _), _b in zip(blocks[0::2], blocks[1::2]):
+                Wf = self.params[:, ow:ow + sw]
+                if self.l2:
+                    self.grads[:, ow:ow + sw] += (2.0 * self.l2) * Wf
+                    value = value + self.l2 * xp.sum(Wf * Wf, axis=1)
+                if self.l1:
+                    self.grads[:, ow:ow + sw] += self.l1 * xp.sign(Wf)
+                    value = value + self.l1 * xp.sum(xp.abs(Wf), axis=1)
+        return value, a_out
+
+    def _masks(self, r):
+        """Each model's dropout masks for one batch, drawn from its own generator in the order its
+        training alone draws them (layer by layer), through the same ``ops.dropout_mask``."""
+        if not self.dropout:
+            return None
+        xp, ops = self.xp, self.backend.ops
+        masks = []
+        for n in self.layer_sizes[1:-1]:
+            buf = self._zeros((len(self), r, n))
+            for k, m in enumerate(self._models):
+                buf[k, ...] = ops.dropout_mask(self._zeros((r, n)), self.dropout, m.dropout_rng)
+            masks.append(buf)
+        return masks
+
+    def _zeros(self, shape):
+        return self._models[0]._zeros(shape)
+
+    # ------------------------------------------------------------------ training
+    def _stacked_optimizer(self, optimizer):
+        if optimizer is None:
+            if self.optimizer is not None:
+                return self.optimizer
+            optimizer = optim.Adam()
+        opt = optim.get(optimizer)
+        stacked = optim.from_config(opt.name, opt.get_config())
+        stacked.bind(self.params)  # state (K, n_params): the update is elementwise, row k is model k's
+        if self.lr is not None:
+            with self.backend.activate():
+                stacked.lr = self.backend.to_device(np.asarray(self.lr, dtype=np.float64)[:, None], self.dtype)
+        return stacked
+
+    def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, loss=None, shuffle=True, verbose=0):
+        """Train all K models on ``(X, y)``; returns the list of K :class:`History` objects.
+
+        Arguments as in :meth:`gpunet.MLP.fit`. ``optimizer=None`` continues with the stack's
+        previous optimizer (state included), else ``Adam()``. A non-finite loss in any model rolls
+        every model back to the start of the epoch and raises :class:`DivergenceError` naming it.
+        """
+        epochs = validation.check_int("epochs", epochs, low=0)
+        batch_size = validation.check_int("batch_size", batch_size, low=1)
+        verbose = validation.check_int("verbose", verbose, low=0)
+        m0 = self._models[0]
+        loss = m0._resolve_loss(loss)
+        Xd, Yd = m0._upload(X, y, loss)
+        opt = self._stacked_optimizer(optimizer)
+        # ---- nothing above changed any state ----
+        self.optimizer, self.loss = opt, loss
+        xp, be, K = self.xp, self.backend, len(self)
+        n = Xd.shape[0]
+        B = min(batch_size, n)
+        n_batches = math.ceil(n / B)
+        sizes = np.full(n_batches, B, dtype=np.float64)
+        sizes[-1] = n - B * (n_batches - 1)
+        classification = loss in losses.CLASSIFICATION
+        with be.activate(), np.errstate(all="ignore"):
+            for _ in range(epochs):
+                epoch = self.epochs_trained
+                saved = (_clone(self.params), {k: _clone(v) for k, v in opt.state.items()},
+                         opt.step_count, [(m.shuffle_rng.bit_generator.state, m.dropout_rng.bit_generator.state)
+                                          for m in self._models])
+                orders = np.stack([m.shuffle_rng.permutation(n) if shuffle else np.arange(n) for m in self._models])
+                idx = be.to_device(orders.astype(np.int64))
+                batch_loss = self._zeros((n_batches, K))
+                batch_correct = self._zeros((n_batches, K)) if classification else None
+                t0 = time.perf_counter()
+                for i in range(n_batches):
+                    s, r = i * B, int(sizes[i])
+                    rows = xp.reshape(idx[:, s:s + r], (-1,))
+                    x = xp.reshape(xp.take(Xd, rows, axis=0), (K, r, Xd.shape[1]))
+                    yb = xp.reshape(xp.take(Yd, rows, axis=0), (K, r, Yd.shape[1]))
+                    value, a_out = self._step(x, yb, loss, self._masks(r))
+                    opt.step(self.params, self.grads)
+                    batch_loss[i, ...] = value
+                    if classification:
+                        batch_correct[i, ...] = self._correct(loss, a_out, yb)
+                host_loss = be.to_host(batch_loss)
+                seconds = time.perf_counter() - t0
+                bad = ~np.isfinite(host_loss).all(axis=0)
+                if bad.any():
+                    self.params[...] = saved[0]
+                    for k, v in opt.state.items():
+                        v[...] = saved[1][k]
+                    opt.step_count = saved[2]
+                    for m, (sh, dr) in zip(self._models, saved[3]):
+                        m.shuffle_rng.bit_generator.state, m.dropout_rng.bit_generator.state = sh, dr
+                    which = [self.seeds[k] for k in np.flatnonzero(bad)]
+                    raise DivergenceError(
+                        f"training diverged at epoch {epoch + 1} for the models with seeds {which}; every model "
+                        f"was restored to the end of epoch {epoch}. The learning rate is probably too high.")
+                epoch_loss = sizes @ host_loss / n
+                acc = (be.to_host(batch_correct).sum(axis=0) / losses.accuracy_count(loss, n, self.layer_sizes[-1])
+                       if classification else None)
+                lrs = self.lr if self.lr is not None else [opt.lr] * K
+                for k, h in enumerate(self.histories):
+                    logs = {"loss": float(epoch_loss[k])}
+                    if classification:
+                        logs["accuracy"] = float(acc[k])
+                    logs["lr"] = float(lrs[k])
+                    h.on_epoch_end(epoch, logs)
+                    h.seconds.append(seconds / K)
+                self.epochs_trained += 1
+        return self.histories
+
+    def _correct(self, loss, a, y):
+        xp = self.xp
+        if loss == "cross_entropy":
+            hit = xp.argmax(a, axis=2) == xp.argmax(y, axis=2)
+            return xp.sum(xp.astype(hit, a.dtype), axis=1)
+        return xp.sum(xp.reshape(xp.astype((a > 0.5) == (y > 0.5), a.dtype), (a.shape[0], -1)), axis=1)
+
+    # ------------------------------------------------------------------ results
+    def models(self):
+        """The K models as ordinary :class:`gpunet.MLP` objects, with the stack's current weights,
+        their optimizer (own learning rate and state row), loss, epoch count and history: each can be
+        used, saved and trained on alone. The objects are refreshed from the stack on every call."""
+        opt = self.optimizer
+        for k, m in enumerate(self._models):
+            m.params[...] = self.params[k, ...]
+            m.loss, m.epochs_trained, m.history = self.loss, self.epochs_trained, self.histories[k]
+            if opt is not None:
+                config = dict(opt.get_config(), lr=float(self.lr[k]) if self.lr is not None else opt.lr)
+                own = optim.from_config(opt.name, config)
+                own.bind(m.params)
+                for name, v in opt.state.items():
+                    own.state[name][...] = v[k, ...]
+                own.step_count = opt.step_count
+                m.optimizer = own
+        return list(self._models)
+
+    def predict(self, X):
+        """Outputs of every model for ``X``: a host array (K, n_samples, n_outputs)."""
+        return np.stack([m.predict(X) for m in self.models()])
+
+    def __repr__(self):
+        return (f"MLPStack({list(self.layer_sizes)}, K={len(self)}, hidden_activation={self.hidden_activation!r}, "
+                f"output_activation={self.output_activation!r}, device={self.device!r}, dtype={self.dtype!r})")
+
+
+def _transpose(xp, a):
+    """Swap the last two axes of a 3-D stack (``permute_dims`` in the Array API, ``swapaxes`` in CuPy)."""
+    return xp.swapaxes(a, 1, 2) if hasattr(xp, "swapaxes") else xp.permute_dims(a, (0, 2, 1))
+
+
+def _clone(a):
+    out = namespace(a).zeros_like(a)
+    out[...] = a
+    return out

@@ -1,0 +1,78 @@
+"""MLPStack: K models trained together equal each model trained alone (float64 rounding)."""
+import numpy as np
+import pytest
+
+import gpunet as gn
+from gpunet.train import DivergenceError
+
+
+def _data(rng, n=203):
+    X = rng.uniform(-3, 3, (n, 2))
+    return X, np.sin(X[:, :1]) * np.cos(X[:, 1:])
+
+
+def _max_diff(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+@pytest.mark.parametrize("kw, make_opt", [
+    ({}, lambda lr: gn.SGD(lr=lr, momentum=0.9)),
+    ({"l2": 1e-3, "l1": 1e-4}, lambda lr: gn.Adam(lr=lr)),
+    ({"dropout": 0.2}, lambda lr: gn.AdamW(lr=lr, weight_decay=1e-2)),
+])
+def test_each_model_equals_training_alone(kw, make_opt):
+    X, y = _data(np.random.default_rng(0))
+    seeds, lrs = [0, 5, 9], [0.01, 0.02, 0.005]
+    stack = gn.MLPStack([2, 16, 16, 1], "tanh", seeds=seeds, lr=lrs, dtype="float64", **kw)
+    hists = stack.fit(X, y, epochs=3, batch_size=20, optimizer=make_opt(0.01))
+    for k, (seed, lr) in enumerate(zip(seeds, lrs)):
+        alone = gn.MLP([2, 16, 16, 1], "tanh", seed=seed, dtype="float64", **kw)
+        h = alone.fit(X, y, epochs=3, batch_size=20, optimizer=make_opt(lr), verbose=0)
+        model = stack.models()[k]
+        assert _max_diff(alone, model) < 1e-12
+        np.testing.assert_allclose(hists[k].history["loss"], h.history["loss"], rtol=1e-12)
+        assert model.epochs_trained == 3 and model.optimizer.lr == lr
+        assert model.optimizer.step_count == alone.optimizer.step_count
+
+
+def test_classification_and_resume_match():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(150, 4))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1)
+    stack = gn.MLPStack([4, 8, 3], "relu", "softmax", seeds=[3, 4], dtype="float64")
+    stack.fit(X, y, epochs=1, batch_size=16, optimizer=gn.Adam(lr=0.02))
+    stack.fit(X, y, epochs=1, batch_size=16)  # continues the stacked optimizer
+    for k, seed in enumerate([3, 4]):
+        alone = gn.MLP([4, 8, 3], "relu", "softmax", seed=seed, dtype="float64")
+        alone.fit(X, y, epochs=1, batch_size=16, optimizer=gn.Adam(lr=0.02), verbose=0)
+        h = alone.fit(X, y, epochs=1, batch_size=16, verbose=0)
+        assert _max_diff(alone, stack.models()[k]) < 1e-12
+        assert stack.histories[k].history["accuracy"][-1] == pytest.approx(h.history["accuracy"][-1], abs=1e-12)
+    # a model taken out of the stack continues alone exactly like one that never was in it
+    out = stack.models()[0]
+    out.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    alone = gn.MLP([4, 8, 3], "relu", "softmax", seed=3, dtype="float64")
+    alone.fit(X, y, epochs=1, batch_size=16, optimizer=gn.Adam(lr=0.02), verbose=0)
+    alone.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    assert _max_diff(alone, out) < 1e-12
+
+
+def test_divergence_rolls_back_every_model_and_names_the_seed():
+    X, y = _data(np.random.default_rng(2))
+    stack = gn.MLPStack([2, 8, 1], "relu", seeds=[0, 1], lr=[1e-3, 1e300], dtype="float64")
+    before = stack.params.copy()
+    with pytest.raises(DivergenceError, match=r"seeds \[1\]"):
+        stack.fit(X, y, epochs=1, batch_size=50, optimizer=gn.SGD())
+    np.testing.assert_array_equal(stack.params, before)
+    assert stack.epochs_trained == 0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"seeds": []}, "at least one"),
+    ({"seeds": [0, -1]}, "seed"),
+    ({"seeds": [0, 1], "lr": [0.1]}, "one per model"),
+    ({"seeds": [0, 1], "lr": [0.1, -1]}, "lr"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        gn.MLPStack([2, 4, 1], **kwargs)
