@@ -75,6 +75,7 @@ class MLPStack:
             self.grads = xp.zeros_like(self.params)
         self.optimizer, self.loss, self.epochs_trained = None, None, 0
         self.histories = [_callbacks.History() for _ in seeds]
+        self._views = None
 
     def __len__(self):
         return len(self._models)
@@ -93,13 +94,20 @@ class MLPStack:
             offset += size
 
     def _layer_params(self):
-        """Per layer ``(W (K, n_in, n_out), b (K, 1, n_out))``, copies read from the flat buffer."""
+        """Per layer ``(W (K, n_in, n_out), b (K, 1, n_out), dW, db)``: views of the flat buffers (NumPy and
+        CuPy reshape a column block of a C-contiguous 2-D array without copying), made once and reused."""
+        if self._views is not None:
+            return self._views
         xp, K = self.xp, len(self)
         blocks = list(self._blocks())
         out = []
         for (ow, sw, shw), (ob, sb, _) in zip(blocks[0::2], blocks[1::2]):
-            out.append((xp.reshape(self.params[:, ow:ow + sw], (K,) + shw),
-                        xp.reshape(self.params[:, ob:ob + sb], (K, 1, sb))))
+            out.append(tuple(xp.reshape(buf[:, o:o + size], (K,) + shape) for buf in (self.params, self.grads)
+                             for o, size, shape in ((ow, sw, shw), (ob, sb, (1, sb)))))
+        out = [(W, b, dW, db) for W, b, dW, db in out]
+        if self.backend.kind in ("numpy", "cupy") and all(_is_view(v, buf) for W, b, dW, db in out
+                                                           for v, buf in ((W, self.params), (dW, self.grads))):
+            self._views = out
         return out
 
     # ------------------------------------------------------------------ one step
@@ -137,34 +145,34 @@ class MLPStack:
         xp, K = self.xp, len(self)
         layers = self._layer_params()
         inputs, acts = [x], []
-        for l, (W, b) in enumerate(layers[:-1]):
+        for l, (W, b, _, _) in enumerate(layers[:-1]):
             a = activations.ACTIVATIONS[self.hidden_activation](xp.matmul(inputs[-1], W) + b)
             acts.append(a)
             inputs.append(a * masks[l] if masks else a)
-        W, b = layers[-1]
+        W, b = layers[-1][:2]
         z = xp.matmul(inputs[-1], W) + b
         a_out = self._output(z)
         value, delta = self._loss_and_delta(loss, z, a_out, y)
-        blocks = list(self._blocks())
         for l in range(len(layers) - 1, -1, -1):
-            (ow, sw, _), (ob, sb, _) = blocks[2 * l], blocks[2 * l + 1]
-            dW = xp.matmul(_transpose(xp, inputs[l]), delta)
-            self.grads[:, ow:ow + sw] = xp.reshape(dW, (K, sw))
-            self.grads[:, ob:ob + sb] = xp.sum(delta, axis=1)
+            _, _, dW, db = layers[l]
+            dW[...] = xp.matmul(_transpose(xp, inputs[l]), delta)
+            db[...] = xp.sum(delta, axis=1, keepdims=True)
             if l:
                 prev = xp.matmul(delta, _transpose(xp, layers[l][0]))
                 if masks:
                     prev = prev * masks[l - 1]
                 delta = activations.backward(self.hidden_activation, acts[l - 1], prev)
         if self.l1 or self.l2:
-            for (ow, sw, _), _b in zip(blocks[0::2], blocks[1::2]):
-                Wf = self.params[:, ow:ow + sw]
+            for W, _, dW, _ in layers:
                 if self.l2:
-                    self.grads[:, ow:ow + sw] += (2.0 * self.l2) * Wf
-                    value = value + self.l2 * xp.sum(Wf * Wf, axis=1)
+                    dW[...] = dW + (2.0 * self.l2) * W
+                    value = value + self.l2 * xp.sum(xp.reshape(W * W, (K, -1)), axis=1)
                 if self.l1:
-                    self.grads[:, ow:ow + sw] += self.l1 * xp.sign(Wf)
-                    value = value + self.l1 * xp.sum(xp.abs(Wf), axis=1)
+                    dW[...] = dW + self.l1 * xp.sign(W)
+                    value = value + self.l1 * xp.sum(xp.reshape(xp.abs(W), (K, -1)), axis=1)
+        if self._views is None:  # this namespace's reshapes were copies: write the gradients back
+            for (o, size, _), g in zip(self._blocks(), (g for layer in layers for g in layer[2:])):
+                self.grads[:, o:o + size] = xp.reshape(g, (K, size))
         return value, a_out
 
     def _masks(self, r):
@@ -314,3 +322,9 @@ def _clone(a):
     out = namespace(a).zeros_like(a)
     out[...] = a
     return out
+
+
+def _is_view(v, base):
+    """Whether ``v`` shares ``base``'s memory (NumPy and CuPy)."""
+    owner = getattr(v, "base", None)
+    return owner is base or (owner is not None and getattr(owner, "base", None) is base)

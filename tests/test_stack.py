@@ -76,3 +76,18 @@ def test_divergence_rolls_back_every_model_and_names_the_seed():
 def test_bad_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         gn.MLPStack([2, 4, 1], **kwargs)
+
+
+def test_strict_namespace_matches_numpy():
+    """The stack is written against the Array API: on array_api_strict (copies, not views, on reshape)
+    it gives NumPy's numbers."""
+    pytest.importorskip("array_api_strict")
+    from gpunet import backend
+
+    X, y = _data(np.random.default_rng(3), n=60)
+    ref = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64")
+    ref.fit(X, y, epochs=2, batch_size=16, optimizer=gn.Adam(lr=0.01))
+    strict = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64", device=backend.strict_backend())
+    strict.fit(X, y, epochs=2, batch_size=16, optimizer=gn.Adam(lr=0.01))
+    for a, b in zip(ref.models(), strict.models()):
+        assert _max_diff(a, b) < 1e-12
