@@ -309,7 +309,7 @@ class MLP:
             return self._evaluate_device(Xd, Yd, loss, batch_size, penalty=bool(penalty))
 
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
-            shuffle=True, callbacks=None, verbose=1, cuda_graph=None):
+            shuffle=True, callbacks=None, verbose=1, cuda_graph=None, distributed=False, shard=False):
         """Train with mini-batch gradient descent; returns a :class:`gpunet.callbacks.History`.
 
         ``optimizer=None`` continues with the model's previous optimizer (state included; after
@@ -319,7 +319,7 @@ class MLP:
 
         return train.fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
                          validation_data=validation_data, shuffle=shuffle, callbacks=callbacks, verbose=verbose,
-                         cuda_graph=cuda_graph)
+                         cuda_graph=cuda_graph, distributed=distributed, shard=shard)
 
     def save(self, path, **kwargs):
         """Write ``path`` (.npz: weights, optimizer state, JSON metadata; atomic, no pickle)."""

@@ -23,6 +23,7 @@ import numpy as np
 
 from gpunet import callbacks as _callbacks, losses, optim, validation
 from gpunet.backend import OutOfMemoryError
+from gpunet.distributed import share
 
 log = logging.getLogger("gpunet")
 
@@ -103,7 +104,7 @@ def _check_validation_data(model, validation_data, loss):
 
 
 def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None, shuffle=True,
-        callbacks=None, verbose=1, cuda_graph=None):
+        callbacks=None, verbose=1, cuda_graph=None, distributed=False, shard=False):
     """Train ``model`` on ``(X, y)``.
 
     Parameters
@@ -132,6 +133,14 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
         On a CUDA device, capture the training step of full batches as a CUDA graph and replay it
         (small batches are launch-bound). ``None`` reads ``$GPUNET_CUDA_GRAPH`` (default off). Not used
         with dropout or on the CPU; a failed capture falls back to eager launches with a warning.
+    distributed : bool
+        Data-parallel training over MPI ranks (see :mod:`gpunet.distributed`): call on every rank with
+        the same model seed and the same data; ``batch_size`` is the global batch, each rank computes
+        the gradient of its contiguous share and one all-reduce per step keeps the replicas identical.
+        Validation, logging and checkpoints happen on rank 0 only.
+    shard : bool
+        With ``distributed``: each rank passes its own shard of the data (all shards the same size,
+        ``batch_size`` divisible by the number of ranks) and batches are drawn from the local shard.
 
     Returns
     -------
@@ -147,6 +156,10 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
         opt = optim.get(optimizer)
     Xd, Yd = model._upload(X, y, loss)
     val = _check_validation_data(model, validation_data, loss)
+    reducer = _distributed_setup(model, Xd, batch_size, epochs, shuffle, shard) if distributed else None
+    if reducer is not None and reducer.rank:  # rank 0 alone logs, validates and writes checkpoints
+        verbose, val = 0, None
+        callbacks = [c for c in (callbacks or []) if not isinstance(c, _callbacks.ModelCheckpoint)]
     cbs = _callbacks.CallbackList(callbacks, model)
     # ---- nothing above changed any state; from here on the model trains ----
     model.optimizer, model.loss, model.stop_training = opt, loss, False
@@ -154,7 +167,10 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
         _ensure_log_handler()
     if cuda_graph is None:
         cuda_graph = os.environ.get("GPUNET_CUDA_GRAPH", "0") == "1"
-    trainer = _Trainer(model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose)
+    trainer = _Trainer(model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose, reducer, shard)
+    if reducer is not None and cuda_graph:
+        log.info("gpunet: CUDA graphs are not used with distributed=True (the all-reduce sits inside the step)")
+        cuda_graph = False
     backend = model.backend
     with backend.activate():
         try:
@@ -195,8 +211,23 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
             if model.stop_training:
                 break
         cbs.on_train_end()
+    if reducer is not None:
+        trainer.history.distributed = reducer.stats()
     model.history = trainer.history
     return trainer.history
+
+
+def _distributed_setup(model, Xd, batch_size, epochs, shuffle, shard):
+    """The gradient reducer, after checking that every rank called ``fit`` alike (a collective)."""
+    from gpunet import distributed  # noqa: PLC0415  (mpi4py only when asked for)
+
+    reducer = distributed.Reducer(model.backend)
+    reducer.check_same("data shape, batch_size, epochs, shuffle and model size",
+                       (tuple(Xd.shape), batch_size, epochs, bool(shuffle), model.n_params))
+    if shard and batch_size % reducer.size:
+        raise ValueError(f"shard=True needs batch_size divisible by the number of ranks ({reducer.size}); "
+                         f"got {batch_size}")
+    return reducer
 
 
 def _oom_message(model, batch_size, when):
@@ -208,16 +239,19 @@ def _oom_message(model, batch_size, when):
 class _Trainer:
     """The state of one :func:`fit` call: device data, batch layout, workspace, snapshot, history."""
 
-    def __init__(self, model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose):
+    def __init__(self, model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose, reducer=None, shard=False):
         self.model, self.opt, self.loss, self.Xd, self.Yd, self.val = model, opt, loss, Xd, Yd, val
-        self.shuffle, self.verbose = shuffle, verbose
+        self.shuffle, self.verbose, self.reducer, self.shard = shuffle, verbose, reducer, shard
         self.n = n = Xd.shape[0]
+        if reducer is not None and shard:  # local batches of batch_size / ranks rows from the local shard
+            batch_size //= reducer.size
         self.B = min(batch_size, n)
         self.n_batches = math.ceil(n / self.B)
         self.sizes = np.full(self.n_batches, self.B, dtype=np.float64)
         self.sizes[-1] = n - self.B * (self.n_batches - 1)
         self.classification = loss in losses.CLASSIFICATION
-        self.acc_denominator = losses.accuracy_count(loss, n, model.layer_sizes[-1])
+        ranks = reducer.size if reducer is not None and shard else 1
+        self.acc_denominator = losses.accuracy_count(loss, n * ranks, model.layer_sizes[-1])
         self.history = _callbacks.History()
 
     def allocate(self, cuda_graph=False):
@@ -236,18 +270,34 @@ class _Trainer:
         """The stream every training launch goes to (the graph's, when graphs are on)."""
         return self.graph.stream if getattr(self, "graph", None) is not None else contextlib.nullcontext()
 
-    def step(self, rows, r):
-        """One eager optimizer step on the batch ``rows`` (r of them); returns (loss, correct)."""
+    def step(self, rows, r, weight=None):
+        """One eager optimizer step on the batch ``rows`` (r of them); returns (loss, correct).
+
+        ``weight`` (distributed): this rank's share of the global batch; its gradient is scaled by it
+        and summed over the ranks before the optimizer step."""
         model, ops, ws = self.model, self.model.backend.ops, self.ws
+        if r == 0:  # distributed: no rows of this global batch fall to this rank
+            model.grads[...] = 0.0
+            self._reduce_gradients(0.0)
+            self.opt.step(model.params, model.grads, ops)
+            return 0.0, 0.0 if self.classification else None
         fused = ops.fused_step(model, ws, self.Xd, self.Yd, rows, self.loss)
         if fused is not None:
+            self._reduce_gradients(weight)
             self.opt.step(model.params, model.grads, ops)
             return fused
         x = ops.take_rows(self.Xd, rows, ws.a[0][:r, ...])
         yb = ops.take_rows(self.Yd, rows, ws.y[:r, ...])
         value, a_out = model._step_gradients(x, yb, ws, self.loss, train=True)
+        self._reduce_gradients(weight)
         self.opt.step(model.params, model.grads, ops)
         return value, ops.correct(self.loss, a_out, yb) if self.classification else None
+
+    def _reduce_gradients(self, weight):
+        if self.reducer is not None:
+            if weight != 1.0:
+                self.model.grads *= weight
+            self.reducer.allreduce_(self.model.grads)
 
     def _graph_step(self, rows, r):
         try:
@@ -282,14 +332,24 @@ class _Trainer:
         report_every = max(1, self.n_batches // 20)
         t0 = time.perf_counter()
         done = 0
+        red = self.reducer
+        if red is not None:
+            # ranks must not stop at different batches (the others would wait in the all-reduce): under
+            # distributed=True the first Ctrl-C does not stop early; mpirun forwards a second one as usual
+            interrupted = threading.Event()
         for i in range(self.n_batches):
             s = i * B
             r = int(self.sizes[i])
-            rows = idx[s:s + r]
-            if self.graph is not None and r == B:
-                value, correct = self._graph_step(rows, r)
+            if red is not None:  # this rank's contiguous share of the global batch, weighted by its size
+                lo, hi = (0, r) if self.shard else share(r, red.rank, red.size)
+                weight = 1.0 / red.size if self.shard else (hi - lo) / r
+                value, correct = self.step(idx[s + lo:s + hi], hi - lo, weight)
+                red.rows += hi - lo
+                value = value * weight
+            elif self.graph is not None and r == B:
+                value, correct = self._graph_step(idx[s:s + r], r)
             else:
-                value, correct = self.step(rows, r)
+                value, correct = self.step(idx[s:s + r], r)
                 if self.graph is not None:
                     self.graph.after_eager_step()
             batch_loss[i] = value
@@ -304,6 +364,10 @@ class _Trainer:
                     bar.set_postfix(loss=f"{backend.item(batch_loss[i]):.4g}", refresh=False)
             if interrupted.is_set():
                 break
+        if red is not None:  # one reduction of the epoch's batch losses and accuracy counts
+            red.allreduce_(batch_loss)
+            if self.classification:
+                red.allreduce_(batch_correct)
         host_loss = backend.to_host(batch_loss)[:done]
         seconds = time.perf_counter() - t0
         if bar is not None:
@@ -323,6 +387,8 @@ class _Trainer:
             logs["accuracy"] = float(backend.to_host(batch_correct).sum() / self.acc_denominator)
         if self.val is not None:
             logs.update({f"val_{k}": v for k, v in model._evaluate_device(self.val[0], self.val[1], self.loss).items()})
+        if red is not None:  # rank 0's validation metrics to every rank, so callbacks decide alike
+            logs.update(red.bcast({k: v for k, v in logs.items() if k.startswith("val_")}))
         logs["lr"] = opt.lr
         self.history.seconds.append(seconds)
         return logs
