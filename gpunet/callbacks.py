@@ -38,10 +38,12 @@ class Callback:
 
 
 class History(Callback):
-    """What ``fit`` returns: ``history.history[name]`` is a list with one value per epoch."""
+    """What ``fit`` returns: ``history.history[name]`` is a list with one value per epoch;
+    ``batch_loss`` the loss of every optimizer step when ``fit(..., record="batch")``."""
 
     def __init__(self):
         self.history: dict[str, list[float]] = {}
+        self.batch_loss: list[float] = []
         self.epoch: list[int] = []
         self.seconds: list[float] = []
         self.interrupted = False

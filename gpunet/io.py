@@ -16,7 +16,9 @@ import zipfile
 import numpy as np
 
 FORMAT = "gpunet.mlp"
-FORMAT_VERSION = 1
+#: 2 adds ``input_mean``/``input_scale``/``classes`` (absent = None); version-1 files still load
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @contextlib.contextmanager
@@ -59,12 +61,47 @@ def model_metadata(model, include_optimizer=True):
         "epochs_trained": model.epochs_trained,
         "rng": {"shuffle": model.shuffle_rng.bit_generator.state, "dropout": model.dropout_rng.bit_generator.state},
         "optimizer": None,
+        "input_mean": _list_or_none(model.input_mean), "input_scale": _list_or_none(model.input_scale),
+        "classes": _list_or_none(model.classes),
     }
     opt = model.optimizer
     if include_optimizer and opt is not None:
         meta["optimizer"] = {"name": opt.name, "config": opt.get_config(), "step_count": opt.step_count,
                              "state": sorted(opt.state)}
     return meta
+
+
+def _list_or_none(arr):
+    return None if arr is None else np.asarray(arr).tolist()
+
+
+def _read_preprocessing(path, meta, model):
+    """``input_mean``/``input_scale``/``classes`` from the metadata, checked (type, shape, finite, > 0)."""
+    from gpunet import validation  # noqa: PLC0415
+
+    mean, scale, classes = meta.get("input_mean"), meta.get("input_scale"), meta.get("classes")
+    try:
+        for name, value in (("input_mean", mean), ("input_scale", scale)):
+            if value is not None and (not isinstance(value, list)
+                                      or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise ValueError(f"{name} must be a list of numbers")
+        if mean is not None or scale is not None:
+            m, s = validation.check_standardisation(mean, scale, model.layer_sizes[0], where="metadata")
+            model.input_mean = None if mean is None else m
+            model.input_scale = None if scale is None else s
+        if classes is not None:
+            if (not isinstance(classes, list) or not classes
+                    or not (all(isinstance(c, str) for c in classes)
+                            or all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in classes))):
+                raise ValueError("classes must be a non-empty list of strings or of numbers")
+            if len(set(classes)) != len(classes):
+                raise ValueError("classes must be distinct")
+            n_out = model.layer_sizes[-1]
+            if len(classes) != n_out and not (len(classes) == 2 and n_out == 1):
+                raise ValueError(f"{len(classes)} classes for {n_out} outputs")
+            model.classes = np.array(classes)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: invalid preprocessing metadata ({exc})") from None
 
 
 def save(model, path, include_optimizer=True, extra=None):
@@ -101,7 +138,7 @@ def read(path):
         raise ValueError(f"{path}: corrupted metadata ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a gpunet model file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(f"{path} has format version {meta.get('format_version')!r}; this gpunet reads version "
                          f"{FORMAT_VERSION}: upgrade gpunet or re-save the model")
     return meta, arrays
@@ -129,6 +166,7 @@ def load(path, device="auto", dtype=None):
         raise ValueError(f"{path}: parameters contain NaN or Inf")
     model.params[...] = model.backend.to_device(params, model.dtype)
     model.loss = meta.get("loss")
+    _read_preprocessing(path, meta, model)
     model.epochs_trained = int(meta.get("epochs_trained", 0))
     rng = meta.get("rng") or {}
     with contextlib.suppress(KeyError, TypeError, ValueError):

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from gpunet import activations, backend as _backend, init as _init, losses, validation
 
 DEFAULT_EVAL_BATCH = 4096
@@ -86,6 +88,13 @@ class MLP:
         self.loss = None
         self.epochs_trained = 0
         self.stop_training = False
+        #: per-feature standardisation applied to every input on the device: ``(X - input_mean) / input_scale``
+        #: (None or host float64 arrays of shape (n_features,)); stored in the model file
+        self.input_mean = None
+        self.input_scale = None
+        #: the original class labels (host 1-D array, strings or numbers) or None: targets given to
+        #: fit/evaluate/score are mapped through it, predict_classes returns them
+        self.classes = None
         self._workspaces = {}
         self._allocate()
         self._write_flat(_init.initial_weights(self.layer_sizes, self.hidden_activation, self.init, init_rng))
@@ -233,14 +242,42 @@ class MLP:
         return loss
 
     def _upload(self, X, y, loss, name="X"):
-        """Validate on the host, then upload ``X`` and float targets ``Y`` (n, n_L) once."""
+        """Validate on the host, then upload ``X`` (standardised on the device when the model has
+        ``input_mean``/``input_scale``) and float targets ``Y`` (n, n_L) once."""
         Xh = validation.check_X(X, self.layer_sizes[0], name)
         Xd = self.backend.to_device(Xh, self.dtype)
+        if self.input_mean is not None or self.input_scale is not None:
+            Xd = self._standardise(Xd)
         if y is None:
             return Xd, None
         yname = "y" if name == "X" else f"{name} targets"
-        Yh = validation.check_targets(y, Xh.shape[0], self.layer_sizes[-1], loss, yname)
+        Yh = validation.check_targets(self.encode_labels(y, yname), Xh.shape[0], self.layer_sizes[-1], loss, yname)
         return Xd, self.backend.to_device(Yh, self.dtype)
+
+    def _standardise(self, Xd):
+        """``(Xd - input_mean) / input_scale`` on the device (a new array: the upload may share the
+        caller's host memory on the CPU)."""
+        n = self.layer_sizes[0]
+        mean, scale = validation.check_standardisation(self.input_mean, self.input_scale, n)
+        with self.backend.activate():
+            return (Xd - self.backend.to_device(mean.reshape(1, n), self.dtype)) / \
+                self.backend.to_device(scale.reshape(1, n), self.dtype)
+
+    def encode_labels(self, y, name="y"):
+        """Original labels -> class indices when the model has ``classes``; anything else unchanged."""
+        if self.classes is None:
+            return y
+        arr = np.asarray(y)
+        if arr.ndim != 1:
+            return y  # one-hot / probability rows
+        index = {c: i for i, c in enumerate(self.classes.tolist())}
+        try:
+            return np.array([index[v] for v in arr.tolist()], dtype=np.int64)
+        except KeyError as exc:
+            raise ValueError(f"{name} holds the label {exc.args[0]!r}, which is not one of this model's classes "
+                             f"{self.classes.tolist()!r}") from None
+        except TypeError:
+            raise ValueError(f"{name} holds unhashable labels") from None
 
     def loss_and_gradients(self, X, y, loss=None):
         """Objective value and its exact gradient on the full set ``(X, y)`` (dropout off).
@@ -272,9 +309,42 @@ class MLP:
             return self.backend.to_host(self._predict_device(Xd, batch_size))
 
     def predict_classes(self, X, batch_size=DEFAULT_EVAL_BATCH):
-        """Class indices: argmax for several outputs, threshold 0.5 for one sigmoid output."""
+        """Class indices (argmax for several outputs, threshold 0.5 for one sigmoid output), or the
+        original labels when the model has ``classes``."""
         p = self.predict(X, batch_size)
-        return p.argmax(axis=1) if p.shape[1] > 1 else (p[:, 0] > 0.5).astype("int64")
+        idx = p.argmax(axis=1) if p.shape[1] > 1 else (p[:, 0] > 0.5).astype("int64")
+        return idx if self.classes is None else self.classes[idx]
+
+    def predict_proba(self, X, batch_size=DEFAULT_EVAL_BATCH):
+        """Class probabilities (n, n_classes), as in scikit-learn: the softmax outputs, or
+        ``[1 - p, p]`` for a one-unit sigmoid output (several sigmoid units: one probability each)."""
+        if self.output_activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"predict_proba needs a softmax or sigmoid output, but this network's output is "
+                             f"{self.output_activation!r} (use predict for regression)")
+        p = self.predict(X, batch_size)
+        if p.shape[1] == 1 and self.output_activation == "sigmoid":
+            return np.hstack([1.0 - p, p])
+        return p
+
+    def score(self, X, y, batch_size=DEFAULT_EVAL_BATCH):
+        """scikit-learn's ``score``: accuracy for classifiers (cross-entropy losses, or a softmax /
+        sigmoid output before any training), the coefficient of determination R^2 otherwise
+        (averaged uniformly over outputs, as ``sklearn.metrics.r2_score``)."""
+        loss = self._resolve_loss(None)
+        n = validation.check_X(X, self.layer_sizes[0]).shape[0]
+        if loss in losses.CLASSIFICATION:
+            Y = validation.check_targets(self.encode_labels(y), n, self.layer_sizes[-1], loss)
+            p = self.predict(X, batch_size)
+            if loss == "cross_entropy":
+                return float(np.mean(p.argmax(axis=1) == Y.argmax(axis=1)))
+            return float(np.mean((p > 0.5) == (Y > 0.5)))
+        Y = validation.check_targets(y, n, self.layer_sizes[-1], loss)
+        p = self.predict(X, batch_size)
+        ss_res = ((Y - p) ** 2).sum(axis=0)
+        ss_tot = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
+        # constant targets: sklearn scores 1 for a perfect fit, 0 otherwise
+        r2 = np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0), np.where(ss_res == 0, 1.0, 0.0))
+        return float(r2.mean())
 
     def _evaluate_device(self, Xd, Yd, loss, batch_size=DEFAULT_EVAL_BATCH, penalty=True):
         """Loss (plus penalty) and accuracy of device data; one host read at the end."""
@@ -309,7 +379,8 @@ class MLP:
             return self._evaluate_device(Xd, Yd, loss, batch_size, penalty=bool(penalty))
 
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
-            shuffle=True, callbacks=None, verbose=1, cuda_graph=None, distributed=False, shard=False):
+            shuffle=True, callbacks=None, verbose=1, cuda_graph=None, distributed=False, shard=False,
+            validation_split=0.0, record="epoch"):
         """Train with mini-batch gradient descent; returns a :class:`gpunet.callbacks.History`.
 
         ``optimizer=None`` continues with the model's previous optimizer (state included; after
@@ -319,7 +390,8 @@ class MLP:
 
         return train.fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
                          validation_data=validation_data, shuffle=shuffle, callbacks=callbacks, verbose=verbose,
-                         cuda_graph=cuda_graph, distributed=distributed, shard=shard)
+                         cuda_graph=cuda_graph, distributed=distributed, shard=shard,
+                         validation_split=validation_split, record=record)
 
     def save(self, path, **kwargs):
         """Write ``path`` (.npz: weights, optimizer state, JSON metadata; atomic, no pickle)."""

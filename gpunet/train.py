@@ -104,7 +104,8 @@ def _check_validation_data(model, validation_data, loss):
 
 
 def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None, shuffle=True,
-        callbacks=None, verbose=1, cuda_graph=None, distributed=False, shard=False):
+        callbacks=None, verbose=1, cuda_graph=None, distributed=False, shard=False, validation_split=0.0,
+        record="epoch"):
     """Train ``model`` on ``(X, y)``.
 
     Parameters
@@ -141,6 +142,12 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     shard : bool
         With ``distributed``: each rank passes its own shard of the data (all shards the same size,
         ``batch_size`` divisible by the number of ranks) and batches are drawn from the local shard.
+    validation_split : float in [0, 1)
+        As in Keras: hold out the *last* fraction of ``(X, y)`` (before any shuffling) as validation
+        data. Cannot be combined with ``validation_data``.
+    record : {"epoch", "batch"}
+        ``"batch"`` also keeps the loss of every optimizer step in ``History.batch_loss`` (read once per
+        epoch with the epoch's losses, so it costs no extra synchronisation).
 
     Returns
     -------
@@ -150,6 +157,13 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     batch_size = validation.check_int("batch_size", batch_size, low=1)
     verbose = validation.check_int("verbose", verbose, low=0)
     loss = model._resolve_loss(loss)
+    if record not in ("epoch", "batch"):
+        raise ValueError(f"record must be 'epoch' or 'batch', got {record!r}")
+    validation_split = validation.check_fraction("validation_split", validation_split)
+    if validation_split:
+        if validation_data is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        X, y, validation_data = _split_last(X, y, validation_split)
     if optimizer is None:
         opt = model.optimizer if model.optimizer is not None else optim.Adam()
     else:
@@ -171,6 +185,7 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     if reducer is not None and cuda_graph:
         log.info("gpunet: CUDA graphs are not used with distributed=True (the all-reduce sits inside the step)")
         cuda_graph = False
+    trainer.record_batches = record == "batch"
     backend = model.backend
     with backend.activate():
         try:
@@ -228,6 +243,16 @@ def _distributed_setup(model, Xd, batch_size, epochs, shuffle, shard):
         raise ValueError(f"shard=True needs batch_size divisible by the number of ranks ({reducer.size}); "
                          f"got {batch_size}")
     return reducer
+
+
+def _split_last(X, y, fraction):
+    """Keras' ``validation_split``: the last ``fraction`` of the samples, before shuffling."""
+    X, y = np.asarray(X), np.asarray(y)
+    n = X.shape[0] if X.ndim else 0
+    cut = int(math.floor(n * (1.0 - fraction)))
+    if cut < 1 or cut >= n or y.shape[:1] != (n,):
+        raise ValueError(f"validation_split={fraction} leaves no training or no validation samples out of {n}")
+    return X[:cut], y[:cut], (X[cut:], y[cut:])
 
 
 def _oom_message(model, batch_size, when):
@@ -391,4 +416,6 @@ class _Trainer:
             logs.update(red.bcast({k: v for k, v in logs.items() if k.startswith("val_")}))
         logs["lr"] = opt.lr
         self.history.seconds.append(seconds)
+        if getattr(self, "record_batches", False):
+            self.history.batch_loss.extend(float(v) for v in host_loss)
         return logs

@@ -123,3 +123,21 @@ def check_targets(y, n_samples, n_outputs, loss, name="y"):
     if loss == "binary_cross_entropy" and (arr.min() < 0 or arr.max() > 1):
         raise ValueError(f"{name}: binary_cross_entropy targets must lie in [0, 1], got [{arr.min():g}, {arr.max():g}]")
     return arr.astype(np.float64)
+
+
+def check_standardisation(mean, scale, n_features, where="model"):
+    """``input_mean``/``input_scale``: None or finite float64 arrays of shape (n_features,), scale > 0.
+    Returns both as arrays (a missing one is the identity: zeros / ones)."""
+    out = []
+    for name, value, default in (("input_mean", mean, 0.0), ("input_scale", scale, 1.0)):
+        if value is None:
+            out.append(np.full(n_features, default))
+            continue
+        arr = as_float_array(f"{where} {name}", value).astype(np.float64)
+        if arr.shape != (n_features,):
+            raise ValueError(f"{where} {name} must have shape ({n_features},), got {arr.shape}")
+        check_finite(f"{where} {name}", arr)
+        out.append(arr)
+    if (out[1] <= 0).any():
+        raise ValueError(f"{where} input_scale must be > 0 everywhere, got {out[1].min():g}")
+    return out[0], out[1]
