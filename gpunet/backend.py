@@ -203,10 +203,18 @@ class _NullContext:
 CPU = Backend("cpu", np, "numpy")
 
 
+def install_hint(why=None):
+    """Advice for an unusable CUDA device: the extra to install only when CuPy itself is missing."""
+    why = cuda_status(0)[1] if why is None else why
+    if why.startswith("CuPy is not installed"):
+        return INSTALL_HINT
+    return "CuPy is installed: check the GPU and its driver with nvidia-smi ('gpunet info' shows the details)"
+
+
 def _cuda_backend(index: int) -> Backend:
     ok, why = cuda_status(index)
     if not ok:
-        raise DeviceUnavailableError(f"cannot use cuda:{index}: {why}; {INSTALL_HINT}")
+        raise DeviceUnavailableError(f"cannot use cuda:{index}: {why}; {install_hint(why)}")
     cupy = _import_cupy()
     return _cached_cuda_backend(index, cupy)
 
@@ -241,8 +249,10 @@ def resolve(device="auto") -> Backend:
     if not isinstance(spec, str):
         raise ValueError(f"device must be a string such as 'auto', 'cpu', 'cuda' or 'cuda:0', got {device!r}")
     spec = spec.strip().lower()
+    what = repr(device)
     if spec == "auto" and os.environ.get("GPUNET_DEVICE", "").strip():
         spec = os.environ["GPUNET_DEVICE"].strip().lower()
+        what = f"{os.environ['GPUNET_DEVICE']!r} (from $GPUNET_DEVICE)"
     if spec == "cpu":
         return CPU
     if spec == "auto":
@@ -261,9 +271,9 @@ def resolve(device="auto") -> Backend:
         except ValueError:
             index = -1
         if index < 0:
-            raise ValueError(f"bad device {device!r}: expected 'cuda:N' with N a device number >= 0")
+            raise ValueError(f"bad device {what}: expected 'cuda:N' with N a device number >= 0")
         return _cuda_backend(index)
-    raise ValueError(f"unknown device {device!r}; choose one of 'auto', 'cpu', 'cuda', 'cuda:N'")
+    raise ValueError(f"unknown device {what}; choose one of 'auto', 'cpu', 'cuda', 'cuda:N'")
 
 
 def strict_backend() -> Backend:

@@ -432,7 +432,31 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="smoke test: batch 128 and the small net, few steps")
     p.add_argument("--tf32", action="store_true", help="TF32 matmuls on CUDA for gpunet and PyTorch (recorded)")
     p.add_argument("--out", default="benchmarks/results", help="folder for bench.json, bench.md, bench.png")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    validate_args(args)
+    return args
+
+
+PEERS = ("numpy", "torch", "torch-compile", "jax", "sklearn", "gemm-only", "gpunet-graph")
+
+
+def validate_args(args):
+    """Every bad value is a ``ValueError`` naming the flag, before anything runs or is written."""
+    try:
+        sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--batch-sizes needs integers >= 1, got {args.batch_sizes!r}")
+    unknown = [p for p in args.peers.split(",") if p.strip() and p.strip() not in PEERS]
+    if unknown:
+        raise ValueError(f"--peers: unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
+    for flag, value, low in (("--steps", args.steps, 0), ("--repeats", args.repeats, 1),
+                             ("--small-batch", args.small_batch, 0)):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
 
 
 def default_steps(layers, batch_size, device):
@@ -455,8 +479,8 @@ def run(args):
         except ImportError:
             pass
     device = backend.resolve(args.device).name
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    peers = [p for p in args.peers.split(",") if p]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     if device.startswith("cuda") and "gpunet-graph" not in peers:
         peers.insert(0, "gpunet-graph")
     if "gemm-only" not in peers:
@@ -489,9 +513,10 @@ def run(args):
         steps = args.steps or default_steps(layers, B, device)
         if args.quick:
             steps = min(steps, 20)
-        w = make(B, steps * B)
+        warmup = max(3, steps // 5)
+        w = make(B, max(steps, warmup) * B)  # the warm-up may take more steps than a short timed run
         runners = make_runners(w, device, args.dtype, peers, args.compile, notes)
-        rates = measure(runners, steps, args.repeats, warmup=max(3, steps // 5))
+        rates = measure(runners, steps, args.repeats, warmup=warmup)
         ours = statistics.median(rates["gpunet"])
         for r in runners:
             med = statistics.median(rates[r.name])
