@@ -26,28 +26,37 @@ def _save(fig, path):
     return str(path)
 
 
-def plot_history(history, path, title="training"):
-    """Loss per epoch (log scale) for training and validation; accuracy beside it when present."""
+def _integer_epochs(ax):
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_history(history, path, title="training", val_label="validation"):
+    """Loss per epoch (log scale) for training and validation; accuracy beside it when present.
+    ``val_label`` names the second curve ("test" when the held-out set is the test set)."""
     h = history.history if hasattr(history, "history") else history
     has_acc = "accuracy" in h
     fig = _figure(2 if has_acc else 1)
     axes = fig.subplots(1, 2 if has_acc else 1, squeeze=False)[0]
     epochs = np.arange(1, len(h.get("loss", [])) + 1)
     ax = axes[0]
-    for key, label in (("loss", "training"), ("val_loss", "validation")):
+    for key, label in (("loss", "training"), ("val_loss", val_label)):
         if h.get(key):
             ax.plot(epochs, h[key], marker="o", ms=3, label=label)
     ax.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
+    _integer_epochs(ax)
     if h.get("loss") and min(min(h["loss"]), min(h.get("val_loss") or [1])) > 0:
         ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     if has_acc:
         ax = axes[1]
-        for key, label in (("accuracy", "training"), ("val_accuracy", "validation")):
+        for key, label in (("accuracy", "training"), ("val_accuracy", val_label)):
             if h.get(key):
                 ax.plot(epochs, h[key], marker="o", ms=3, label=label)
         ax.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy")
+        _integer_epochs(ax)
         ax.grid(True, alpha=0.3)
         ax.legend()
     return _save(fig, path)
@@ -63,10 +72,13 @@ def plot_fit(model, X, y, path, title="fit", labels=None):
     pred = model.predict(grid)
     fig = _figure()
     ax = fig.subplots()
+    # data and fit in distinct colours (a light and a dark shade of one hue pair per output)
+    pairs = [("tab:gray", "tab:red"), ("tab:cyan", "tab:blue"), ("tab:olive", "tab:purple"), ("tab:pink", "tab:green")]
     for j in range(y.shape[1]):
         name = labels[j] if labels else (f"y{j}" if y.shape[1] > 1 else "y")
-        line = ax.plot(grid[:, 0], pred[:, j], lw=2, label=f"network: {name}")[0]
-        ax.scatter(X[:, 0], y[:, j], s=4, alpha=0.35, color=line.get_color(), label=f"data: {name}")
+        data_colour, fit_colour = pairs[j % len(pairs)]
+        ax.scatter(X[:, 0], y[:, j], s=6, alpha=0.5, color=data_colour, label=f"data: {name}", zorder=1)
+        ax.plot(grid[:, 0], pred[:, j], lw=2, color=fit_colour, label=f"network: {name}", zorder=2)
     ax.set(xlabel="x", ylabel="y", title=title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
@@ -79,7 +91,8 @@ def confusion_matrix(y_true, y_pred, n_classes):
     return m
 
 
-def plot_confusion(y_true, y_pred, path, n_classes=10, title="confusion matrix"):
+def plot_confusion(y_true, y_pred, path, n_classes=10, title="confusion matrix", labels=None):
+    """Counts of (true, predicted) class indices; ``labels`` names the classes on the axes."""
     m = confusion_matrix(y_true, y_pred, n_classes)
     fig = _figure(width=6.0, height=5.4)
     ax = fig.subplots()
@@ -90,6 +103,9 @@ def plot_confusion(y_true, y_pred, path, n_classes=10, title="confusion matrix")
                     color="white" if m[i, j] > m.max() / 3 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=f"{title} (accuracy {np.trace(m) / max(m.sum(), 1):.2%})",
            xticks=range(n_classes), yticks=range(n_classes))
+    if labels is not None:
+        ax.set_xticklabels([str(c) for c in labels], rotation=30 if n_classes > 4 else 0, ha="right" if n_classes > 4 else "center")
+        ax.set_yticklabels([str(c) for c in labels])
     fig.colorbar(im, ax=ax, label="log(1 + count)")
     return _save(fig, path)
 
@@ -106,6 +122,28 @@ def plot_misclassified(X, y_true, y_pred, path, n=25, shape=(28, 28), title="mis
         ax.imshow(np.asarray(X[i]).reshape(shape), cmap="gray_r")
         ax.set_title(f"true {y_true[i]}, got {y_pred[i]}", fontsize=8)
     fig.suptitle(f"{title}: {len(wrong)} shown")
+    return _save(fig, path)
+
+
+def plot_scatter(y_true, y_pred, path, title="predicted vs true", name=None):
+    """Predicted against true values (one panel per output) with the diagonal y = x."""
+    y_true = np.asarray(y_true, dtype=np.float64).reshape(len(y_true), -1)
+    y_pred = np.asarray(y_pred, dtype=np.float64).reshape(len(y_pred), -1)
+    k = y_true.shape[1]
+    fig = _figure(ncols=min(k, 3), width=4.6, height=4.4)
+    axes = fig.subplots(1, min(k, 3), squeeze=False)[0]
+    for j, ax in enumerate(axes):
+        lo = min(y_true[:, j].min(), y_pred[:, j].min())
+        hi = max(y_true[:, j].max(), y_pred[:, j].max())
+        ax.plot([lo, hi], [lo, hi], color="tab:red", lw=1.5, label="y = x", zorder=2)
+        ax.scatter(y_true[:, j], y_pred[:, j], s=10, alpha=0.6, color="tab:blue", label="samples", zorder=1)
+        label = name or "y"
+        label = label if k == 1 else f"{label}[{j}]"
+        ss = ((y_true[:, j] - y_true[:, j].mean()) ** 2).sum()
+        r2 = 1 - ((y_true[:, j] - y_pred[:, j]) ** 2).sum() / ss if ss > 0 else float("nan")
+        ax.set(xlabel=f"true {label}", ylabel=f"predicted {label}", title=f"{title} (R² {r2:.3f})")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
     return _save(fig, path)
 
 
@@ -131,7 +169,17 @@ def plot_throughput(rows, path, title="training throughput"):
     ``batch_size``, ``samples_per_s``)."""
     fig = _figure()
     ax = fig.subplots()
-    for impl in dict.fromkeys(r["impl"] for r in rows):
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    sizes = sorted({r["batch_size"] for r in rows})
+    if len(sizes) == 1:  # one batch size: a labelled bar per implementation reads better than lone dots
+        vals = [max((r["samples_per_s"] or 0) for r in rows if r["impl"] == impl) for impl in impls]
+        bars = ax.bar(range(len(impls)), vals, color="tab:blue", alpha=0.85)
+        ax.bar_label(bars, [f"{v:,.0f}" for v in vals], fontsize=8)
+        ax.set_xticks(range(len(impls)), impls, rotation=20, ha="right")
+        ax.set(ylabel="samples / s", title=f"{title} (batch {sizes[0]})")
+        ax.grid(True, axis="y", alpha=0.3)
+        return _save(fig, path)
+    for impl in impls:
         pts = sorted((r["batch_size"], r["samples_per_s"]) for r in rows if r["impl"] == impl and r.get("samples_per_s"))
         if pts:
             ax.plot(*zip(*pts), marker="o", label=impl)

@@ -125,7 +125,8 @@ def test_errors_are_one_line_with_exit_code_2(args, needle, tmp_path):
 
 
 def test_divergence_is_one_line_with_exit_code_1(tmp_path):
-    proc = gpunet_cli("train", "--dataset", "sinc", "--init", "he", "--epochs", "3", "--device", "cpu", "--quiet")
+    proc = gpunet_cli("train", "--dataset", "sinc", "--init", "he", "--epochs", "3", "--device", "cpu", "--quiet",
+                      cwd=tmp_path)  # the default run folder is runs/ under the working directory
     line = one_line_error(proc, 1)
     assert "diverged" in line and "learning rate" in line
 
