@@ -399,6 +399,13 @@ class MLP:
 
         return io.save(self, path, **kwargs)
 
+    def to_onnx(self, path):
+        """Write the network as an ONNX graph (Gemm + activation nodes) that onnxruntime and other ONNX
+        runtimes execute; needs ``pip install 'gpunet[onnx]'``. See :mod:`gpunet.onnx`."""
+        from gpunet import onnx  # noqa: PLC0415  (optional extra)
+
+        return onnx.export(self, path)
+
     def summary(self) -> str:
         """A table of layers with shapes and parameter counts."""
         lines = [f"MLP on {self.device} ({self.dtype}), {self.n_params:,} parameters",
