@@ -161,6 +161,25 @@ class Backend:
                                    f"({a.nbytes / 2 ** 20:,.0f} MiB): use a smaller dataset or dtype='float32', "
                                    f"or train on another device") from None
 
+    def adopt(self, X, n_features, dtype, name="X"):
+        """A CUDA array from CuPy or any DLPack producer (PyTorch, JAX) used in place on this CUDA
+        device: ``cupy.from_dlpack`` shares the producer's memory (``cupy/_core/dlpack.pyx``), the cast
+        to ``dtype`` and the checks (2-D, ``n_features`` columns, real and finite: one device read) run on
+        the device, so the data never goes through the host."""
+        cp = self.xp
+        with self.device:
+            a = X if isinstance(X, cp.ndarray) else cp.from_dlpack(X)
+            if a.dtype.kind not in "biuf":
+                raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+            if a.ndim == 1 and n_features == 1:
+                a = a.reshape(-1, 1)
+            if a.ndim != 2 or a.shape[1] != n_features or a.shape[0] == 0:
+                raise ValueError(f"{name} must have shape (n_samples >= 1, {n_features}), got {tuple(a.shape)}")
+            a = cp.ascontiguousarray(a.astype(dtype, copy=False))
+            if not bool(cp.isfinite(a).all()):
+                raise ValueError(f"{name} contains NaN or Inf (or values too large for {dtype})")
+            return a
+
     def to_host(self, a) -> np.ndarray:
         """Copy a device array to a new host ``numpy.ndarray`` (never a view of device data)."""
         if self.kind == "numpy":

@@ -244,13 +244,19 @@ class MLP:
     def _upload(self, X, y, loss, name="X"):
         """Validate on the host, then upload ``X`` (standardised on the device when the model has
         ``input_mean``/``input_scale``) and float targets ``Y`` (n, n_L) once."""
-        Xh = validation.check_X(X, self.layer_sizes[0], name)
-        Xd = self.backend.to_device(Xh, self.dtype)
+        if self.backend.kind == "cupy" and validation.is_device_array(X):
+            Xd = self.backend.adopt(X, self.layer_sizes[0], self.dtype, name)  # stays on the device
+            Xh = Xd  # only its shape is read below
+        else:
+            Xh = validation.check_X(X, self.layer_sizes[0], name)
+            Xd = self.backend.to_device(Xh, self.dtype)
         if self.input_mean is not None or self.input_scale is not None:
             Xd = self._standardise(Xd)
         if y is None:
             return Xd, None
         yname = "y" if name == "X" else f"{name} targets"
+        if self.backend.kind == "cupy" and validation.is_device_array(y):  # labels are checked on the host
+            y = self.backend.to_host(y if isinstance(y, self.xp.ndarray) else self.xp.from_dlpack(y))
         Yh = validation.check_targets(self.encode_labels(y, yname), Xh.shape[0], self.layer_sizes[-1], loss, yname)
         return Xd, self.backend.to_device(Yh, self.dtype)
 

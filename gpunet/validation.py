@@ -52,12 +52,52 @@ def check_layers(layers):
     return tuple(int(s) for s in sizes)
 
 
+#: DLPack device types (dlpack.h ``DLDeviceType``): kDLCPU = 1, kDLCUDA = 2, kDLCUDAHost = 3, kDLCUDAManaged = 13
+_DLPACK_CPU, _DLPACK_CUDA = (1, 3), (2, 13)
+
+
+def _dlpack_device_type(X):
+    try:
+        return int(X.__dlpack_device__()[0])
+    except Exception:  # noqa: BLE001  (no or broken __dlpack_device__: not a DLPack array)
+        return None
+
+
+def is_device_array(X) -> bool:
+    """Whether ``X`` lives in CUDA memory (CuPy, or any ``__dlpack__`` object on a CUDA device)."""
+    if isinstance(X, np.ndarray):
+        return False
+    if hasattr(X, "__cuda_array_interface__") or type(X).__module__.startswith("cupy"):
+        return True
+    return hasattr(X, "__dlpack__") and _dlpack_device_type(X) in _DLPACK_CUDA
+
+
+def host_view(name, X):
+    """Host arrays from other libraries without a copy where the memory allows it: any object with
+    ``__dlpack__`` on the CPU (PyTorch, JAX, NumPy itself) through ``np.from_dlpack``, which shares the
+    producer's memory; pandas/polars frames and series through their ``to_numpy()``. CUDA arrays must
+    be copied to the host explicitly by the caller (see :meth:`gpunet.backend.Backend.to_device`)."""
+    if isinstance(X, np.ndarray):
+        return X
+    if hasattr(X, "__dlpack__") and _dlpack_device_type(X) in _DLPACK_CPU:
+        try:
+            return np.from_dlpack(X)
+        except Exception as exc:  # e.g. a PyTorch tensor that requires grad
+            raise TypeError(f"{name}: could not read the array through DLPack ({exc})") from None
+    if hasattr(X, "to_numpy") and callable(X.to_numpy):  # pandas / polars DataFrame or Series
+        return X.to_numpy()
+    return X
+
+
 def as_float_array(name, X):
     """A host float64-or-float32 ndarray from array-likes; rejects objects, strings, complex."""
-    if hasattr(X, "__cuda_array_interface__") or type(X).__module__.startswith("cupy"):
-        raise TypeError(f"{name} must be a host array (numpy); got a device array: call .get() first")
+    if is_device_array(X):
+        raise TypeError(f"{name} is a CUDA array but this model is on the CPU: copy it to the host first "
+                        "(e.g. cupy.asnumpy(X)), or build the model with device='cuda'")
     try:
-        arr = np.asarray(X)
+        arr = np.asarray(host_view(name, X))
+    except TypeError:
+        raise
     except Exception as exc:
         raise TypeError(f"{name} could not be converted to an array: {exc}") from None
     if arr.dtype == object or arr.dtype.kind not in "biuf":
