@@ -209,6 +209,12 @@ def add_evaluate_args(p):
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
 
 
+def add_export_args(p):
+    p.add_argument("--model", required=True, metavar="RUN_DIR|MODEL.npz", help="a run folder or a model file")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="write the network here as ONNX (needs the "
+                   "onnx package: pip install 'gpunet[onnx]')")
+
+
 def add_info_args(p):
     pass
 
@@ -885,6 +891,14 @@ def blas_info():
     return f"{blas.get('name', 'unknown')} {blas.get('version', '')}".strip()
 
 
+def cmd_export(args):
+    model, path, _ = _load_model(args.model, "cpu")
+    out = model.to_onnx(args.onnx)
+    print(f"wrote {out} (ONNX opset 17, {model.n_params:,} parameters, input X ({model.layer_sizes[0]} features), "
+          f"output Y ({model.layer_sizes[-1]}))")
+    return 0
+
+
 # ----------------------------------------------------------------------------- registry and entry point
 #: name -> (help, epilog, add_arguments(parser), run(args) -> exit code); ``bench`` has its own parser
 COMMANDS = {
@@ -895,6 +909,8 @@ COMMANDS = {
                 cmd_compare),
     "bench": ("training throughput against PyTorch, JAX, scikit-learn and plain NumPy (options: "
               "'gpunet bench --help')", None, add_info_args, None),
+    "export": ("write a trained model as ONNX for onnxruntime and other runtimes",
+               "example: gpunet export --model runs/mnist --onnx mnist.onnx", add_export_args, cmd_export),
     "info": ("versions, devices and BLAS", None, add_info_args, cmd_info),
 }
 def main(argv=None):

@@ -69,3 +69,18 @@ def test_bad_path_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         net.to_onnx(tmp_path / "missing" / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export(tmp_path):
+    import subprocess
+    import sys
+
+    net = gn.MLP([3, 6, 2], "relu", "softmax", seed=0)
+    net.save(tmp_path / "m.npz")
+    cmd = [sys.executable, "-m", "gpunet", "export", "--model", str(tmp_path / "m.npz"), "--onnx", str(tmp_path / "m.onnx")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    X = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    np.testing.assert_allclose(run(tmp_path / "m.onnx", X), net.predict(X), rtol=0, atol=1e-6)
+    bad = subprocess.run(cmd[:4] + [str(tmp_path / "nope.npz")] + cmd[5:], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
