@@ -209,7 +209,8 @@ def test_seed003_preset_is_one_pass_over_300_batches(tmp_path):
     proc = gpunet_cli("train", "--preset", "seed003-sigmoid", "--device", "cpu", "--quiet", "--out", run)
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["layers"] == [1, 16, 2] and cfg["optimizer"] == "sgd" and cfg["lr"] == 0.5 and cfg["epochs"] == 1
+    assert cfg["layers"] == [1, 16, 2] and cfg["optimizer"] == "sgd" and cfg["lr"] == 1.0 and cfg["epochs"] == 1
+    assert cfg["output_activation"] == "sigmoid"
     hist = json.loads((run / "history.json").read_text())["history"]
     assert len(hist["loss"]) == 1
     assert_png(run / "fit.png")
