@@ -337,15 +337,14 @@ class MLP:
         sigmoid output before any training), the coefficient of determination R^2 otherwise
         (averaged uniformly over outputs, as ``sklearn.metrics.r2_score``)."""
         loss = self._resolve_loss(None)
-        n = validation.check_X(X, self.layer_sizes[0]).shape[0]
+        p = self.predict(X, batch_size)  # validates X (host or device arrays)
+        n = p.shape[0]
         if loss in losses.CLASSIFICATION:
             Y = validation.check_targets(self.encode_labels(y), n, self.layer_sizes[-1], loss)
-            p = self.predict(X, batch_size)
             if loss == "cross_entropy":
                 return float(np.mean(p.argmax(axis=1) == Y.argmax(axis=1)))
             return float(np.mean((p > 0.5) == (Y > 0.5)))
         Y = validation.check_targets(y, n, self.layer_sizes[-1], loss)
-        p = self.predict(X, batch_size)
         ss_res = ((Y - p) ** 2).sum(axis=0)
         ss_tot = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
         # constant targets: sklearn scores 1 for a perfect fit, 0 otherwise
