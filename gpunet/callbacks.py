@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+
+from gpunet import validation
 
 log = logging.getLogger("gpunet")
 
@@ -75,9 +78,15 @@ class EarlyStopping(Callback):
     """
 
     def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto", restore_best_weights=False):
-        if patience < 0 or min_delta < 0:
-            raise ValueError("patience and min_delta must be >= 0")
-        self.monitor, self.patience, self.min_delta = monitor, int(patience), float(min_delta)
+        patience = validation.check_int("patience", patience)
+        if not isinstance(min_delta, (int, float)) or isinstance(min_delta, bool):
+            raise TypeError(f"min_delta must be a number, got {min_delta!r}")
+        if patience < 0 or not min_delta >= 0:
+            raise ValueError(f"patience and min_delta must be >= 0, got {patience} and {min_delta}")
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be a metric name such as 'val_loss', got {monitor!r}")
+        restore_best_weights = validation.check_bool("restore_best_weights", restore_best_weights)
+        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
         self.mode = _better(mode, monitor)
         self.restore_best_weights = restore_best_weights
         self.stopped_epoch = None
@@ -126,7 +135,12 @@ class ModelCheckpoint(Callback):
             if not _improved(self.mode, value, self.best):
                 return
             self.best = value
-        self.model.save(self.path.format(epoch=epoch + 1))
+        self.model.save(_format_epoch(self.path, epoch + 1))
+
+
+def _format_epoch(path, epoch):
+    """Fill ``{epoch}`` / ``{epoch:03d}`` fields and nothing else, so other braces in a path stay as written."""
+    return re.sub(r"\{epoch(?::([^{}]*))?\}", lambda m: format(epoch, m.group(1) or ""), str(path))
 
 
 class LearningRateScheduler(Callback):

@@ -142,7 +142,13 @@ def find_mnist(path=None, download_missing=True) -> Path:
             raise FileNotFoundError(f"MNIST files missing in {path}: {', '.join(missing)}")
         return Path(path)
     env = os.environ.get("GPUNET_DATA")
-    candidates = [Path(env), Path(env) / "mnist"] if env else []
+    if env:  # an explicit location is used or reported, never silently passed over
+        for c in (Path(env), Path(env) / "mnist"):
+            if _has_mnist(c):
+                return c
+        raise FileNotFoundError(f"GPUNET_DATA={env} holds no MNIST files ({', '.join(MNIST_FILES.values())}, in "
+                                "that folder or its mnist/ subfolder); fix or unset it")
+    candidates = []
     candidates += [PACKAGED, cache_dir()]
     for c in candidates:
         if _has_mnist(c):

@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
+import time
 import zipfile
 
 import numpy as np
+
+from gpunet import validation
 
 FORMAT = "gpunet.mlp"
 #: 2 adds ``input_mean``/``input_scale``/``classes`` (absent = None); version-1 files still load
@@ -24,14 +28,20 @@ READABLE_VERSIONS = (1, 2)
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``."""
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))  # str, bytes or PathLike
+    if os.path.islink(path):  # write through a symlink to its target (the link stays a link)
+        path = os.path.realpath(path)
+    if os.path.exists(path) and not os.path.isfile(path):  # never rename over /dev/null, a FIFO, a folder
+        raise ValueError(f"refusing to write {path}: it exists and is not a regular file")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"cannot write {path}: directory {directory} does not exist")
+    _remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a saved model should get the usual mode
+    # an existing file keeps its permission bits; a new one gets the usual mode (mkstemp makes 0600 files)
+    os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else 0o666 & ~umask)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -48,6 +58,21 @@ def atomic_write(path, mode="wb"):
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+#: temporary files of an interrupted save (killed process, power loss) older than this are removed by the next save
+STALE_SECONDS = 3600
+
+
+def _remove_stale_temporaries(path):
+    directory, base = os.path.split(os.path.abspath(path))
+    now = time.time()
+    for name in os.listdir(directory):
+        if name.startswith(base + ".") and name.endswith(".tmp") and len(name) == len(base) + 13:  # mkstemp: 8 chars
+            full = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if os.path.isfile(full) and not os.path.islink(full) and now - os.stat(full).st_mtime > STALE_SECONDS:
+                    os.unlink(full)
 
 
 def model_metadata(model, include_optimizer=True):
@@ -122,26 +147,119 @@ def save(model, path, include_optimizer=True, extra=None):
 def read(path):
     """Read and check a model file; returns ``(meta, arrays)`` with host arrays. Raises ``ValueError``
     naming the file when it is not a valid gpunet model (truncated, corrupted, pickled, wrong format)."""
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path}")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is not a regular file (a model file is an .npz written by gpunet)")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
+        with zipfile.ZipFile(path) as zf:
+            meta, arrays = _read_members(path, zf)
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
         raise ValueError(f"{path} is not a readable gpunet model file (truncated or corrupted?): {exc}") from None
-    if "meta" not in arrays or "params" not in arrays:
-        raise ValueError(f"{path} is not a gpunet model file (missing 'meta' or 'params')")
-    try:
-        meta = json.loads(arrays.pop("meta").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: corrupted metadata ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a gpunet model file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
     if meta.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(f"{path} has format version {meta.get('format_version')!r}; this gpunet reads version "
                          f"{FORMAT_VERSION}: upgrade gpunet or re-save the model")
     return meta, arrays
+
+
+#: bounds on what a model file may declare, checked before anything is allocated
+MAX_META_BYTES = 1 << 20
+MAX_JSON_DEPTH = 16
+MAX_PARAMS = 1 << 31
+_STATE_NAMES = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+
+
+def _depth(obj, level=0):
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(obj, dict):
+        return max([_depth(v, level + 1) for v in obj.values()] + [level])
+    if isinstance(obj, list):
+        return max([_depth(v, level + 1) for v in obj] + [level])
+    return level
+
+
+def _header(path, zf, member):
+    """Shape and dtype an .npy member declares (read from its header only)."""
+    with zf.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(f)
+    return shape, dtype
+
+
+def _read_members(path, zf):
+    """The members a model needs, each checked against the metadata before its data are read: only
+    ``meta``, ``params`` and known optimizer states; metadata at most 1 MiB and 16 levels deep; every
+    array 1-D, floating point, with exactly the parameter count the declared layers imply."""
+    names = set(zf.namelist())
+    known = {"meta.npy", "params.npy"} | {f"opt.{k}.npy" for k in _STATE_NAMES}
+    if "meta.npy" not in names or "params.npy" not in names:
+        raise ValueError(f"{path} is not a gpunet model file (missing 'meta' or 'params')")
+    if names - known:
+        raise ValueError(f"{path} has members a gpunet model never writes: {sorted(names - known)[:5]}")
+    info = zf.getinfo("meta.npy")
+    if info.file_size > MAX_META_BYTES:
+        raise ValueError(f"{path}: metadata of {info.file_size:,} bytes (at most {MAX_META_BYTES:,})")
+    shape, dtype = _header(path, zf, "meta.npy")
+    if dtype.hasobject:
+        raise ValueError(f"{path}: the metadata is a pickled object array, which gpunet never loads (not a "
+                         "gpunet model, or a tampered one)")
+    if dtype != np.uint8 or len(shape) != 1:
+        raise ValueError(f"{path}: corrupted metadata (declared {dtype} {shape})")
+    with zf.open("meta.npy") as f:
+        raw = np.lib.format.read_array(f, allow_pickle=False)
+    try:
+        meta = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{path}: corrupted metadata ({str(exc)[:200]})") from None
+    if _depth(meta) > MAX_JSON_DEPTH:
+        raise ValueError(f"{path}: metadata nested deeper than {MAX_JSON_DEPTH} levels")
+    layers = meta.get("layers") if isinstance(meta, dict) else None
+    if (not isinstance(layers, list) or len(layers) < 2 or len(layers) > 1000
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < MAX_PARAMS for n in layers)):
+        raise ValueError(f"{path}: invalid architecture in metadata (layers {str(layers)[:80]})")
+    n_params = sum(a * b + b for a, b in zip(layers[:-1], layers[1:]))
+    if n_params > MAX_PARAMS:
+        raise ValueError(f"{path}: the declared layers imply {n_params:,} parameters (at most {MAX_PARAMS:,})")
+    arrays = {}
+    for member in sorted(names - {"meta.npy"}):
+        shape, dtype = _header(path, zf, member)
+        if shape != (n_params,) or dtype.kind != "f" or dtype.itemsize not in (4, 8):
+            what = "parameters" if member == "params.npy" else f"optimizer state {member[4:-4]!r}"
+            raise ValueError(f"{path}: the {what} declare {dtype} {shape}, but the architecture {layers} "
+                             f"needs ({n_params},) floats (checked before reading it)")
+        with zf.open(member) as f:
+            arrays[member[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
+    return meta, arrays
+
+
+def _check_fields(path, meta):
+    """Types and ranges of the metadata fields a model is rebuilt from (the file names every error)."""
+    from gpunet import losses, optim  # noqa: PLC0415
+
+    def bad(field, why):
+        raise ValueError(f"{path}: metadata field {field!r} {why}")
+
+    epochs = meta.get("epochs_trained", 0)
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        bad("epochs_trained", f"must be an integer >= 0, got {epochs!r}")
+    loss = meta.get("loss")
+    if loss is not None and loss not in losses.LOSSES:
+        bad("loss", f"must be one of {', '.join(losses.LOSSES)} or null, got {str(loss)[:40]!r}")
+    opt = meta.get("optimizer")
+    if opt is None:
+        return
+    if not isinstance(opt, dict) or opt.get("name") not in optim.OPTIMIZERS:
+        bad("optimizer", f"must name one of {', '.join(optim.OPTIMIZERS)}, got {str(opt)[:60]!r}")
+    steps = opt.get("step_count", 0)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        bad("optimizer.step_count", f"must be an integer >= 0, got {steps!r}")
+    if not isinstance(opt.get("config"), dict) or not isinstance(opt.get("state", []), list):
+        bad("optimizer", "needs a 'config' object and a 'state' list")
 
 
 def load(path, device="auto", dtype=None):
@@ -164,6 +282,8 @@ def load(path, device="auto", dtype=None):
                          f"architecture {meta['layers']} needs ({model.n_params},) floats")
     if not np.isfinite(params).all():
         raise ValueError(f"{path}: parameters contain NaN or Inf")
+    validation.check_fits(f"{path}: the parameters", params, model.dtype)
+    _check_fields(path, meta)
     model.params[...] = model.backend.to_device(params, model.dtype)
     model.loss = meta.get("loss")
     _read_preprocessing(path, meta, model)
@@ -177,6 +297,11 @@ def load(path, device="auto", dtype=None):
         state = {k: arrays.get(f"opt.{k}") for k in opt_meta.get("state", [])}
         if any(v is None or v.shape != params.shape for v in state.values()):
             raise ValueError(f"{path}: optimizer state is missing or has the wrong shape")
+        for k, v in state.items():
+            if not np.isfinite(v).all() or (k != "exp_avg" and k != "momentum_buffer" and v.min() < 0):
+                raise ValueError(f"{path}: optimizer state {k!r} must be finite" +
+                                 ("" if k in ("exp_avg", "momentum_buffer") else " and non-negative"))
+            validation.check_fits(f"{path}: optimizer state {k!r}", v, model.dtype)
         state = {k: v.astype(model.dtype) for k, v in state.items()}
         try:
             model.optimizer = optim.from_config(opt_meta["name"], opt_meta["config"], state, opt_meta["step_count"],

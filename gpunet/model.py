@@ -17,7 +17,9 @@ in preallocated per-batch-size workspaces.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import numpy as np
 
@@ -80,6 +82,9 @@ class MLP:
         self.l1 = validation.check_nonnegative("l1", l1)
         self.l2 = validation.check_nonnegative("l2", l2)
         self.dropout = validation.check_fraction("dropout", dropout)
+        if self.output_activation == "softmax" and self.layer_sizes[-1] == 1:
+            raise ValueError("a softmax over one output unit is always 1 (nothing to learn): use "
+                             "output_activation='sigmoid' for two classes, or one unit per class")
         self.backend = _backend.resolve(device)
         self.xp = self.backend.xp
         self.seed = seed
@@ -157,16 +162,21 @@ class MLP:
             if arr.shape != shape:
                 raise ValueError(f"{kind}{i // 2 + 1} must have shape {shape}, got {arr.shape}")
             validation.check_finite(f"{kind}{i // 2 + 1}", arr)
+            validation.check_fits(f"{kind}{i // 2 + 1}", arr, self.dtype)
             host.append(arr)
         self._write_flat(host)
 
     # ------------------------------------------------------------------ forward / backward
     def _workspace(self, rows):
-        ws = self._workspaces.get(rows)
+        """Buffers for batches of ``rows``, one set per thread: predict/evaluate may run in several
+        threads at once (fit holds a lock). An evicted workspace stays alive while a call still uses it."""
+        key = (rows, threading.get_ident())
+        ws = self._workspaces.get(key)
         if ws is None:
-            if len(self._workspaces) >= 4:  # a few sizes (train, eval, last call) are plenty
-                self._workspaces.pop(next(iter(self._workspaces)))
-            ws = self._workspaces[rows] = _Workspace(self, rows)
+            if len(self._workspaces) >= 8:  # a few sizes (train, eval, last call) per thread are plenty
+                with contextlib.suppress(KeyError, StopIteration, RuntimeError):
+                    self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[key] = _Workspace(self, rows)
         return ws
 
     def _forward(self, x, ws, train=False):
@@ -248,7 +258,7 @@ class MLP:
             Xd = self.backend.adopt(X, self.layer_sizes[0], self.dtype, name)  # stays on the device
             Xh = Xd  # only its shape is read below
         else:
-            Xh = validation.check_X(X, self.layer_sizes[0], name)
+            Xh = validation.check_fits(name, validation.check_X(X, self.layer_sizes[0], name), self.dtype)
             Xd = self.backend.to_device(Xh, self.dtype)
         if self.input_mean is not None or self.input_scale is not None:
             Xd = self._standardise(Xd)
@@ -258,6 +268,7 @@ class MLP:
         if self.backend.kind == "cupy" and validation.is_device_array(y):  # labels are checked on the host
             y = self.backend.to_host(y if isinstance(y, self.xp.ndarray) else self.xp.from_dlpack(y))
         Yh = validation.check_targets(self.encode_labels(y, yname), Xh.shape[0], self.layer_sizes[-1], loss, yname)
+        validation.check_fits(yname, Yh, self.dtype)
         return Xd, self.backend.to_device(Yh, self.dtype)
 
     def _standardise(self, Xd):

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import abc
 import math
+import weakref
+
+from gpunet import validation
 
 from gpunet.backend import namespace
 
@@ -41,9 +44,16 @@ class Optimizer(abc.ABC):
         self._size = None
 
     def bind(self, params):
-        """Allocate zeroed state like ``params`` unless state for this size already exists."""
-        if self._size == params.shape[0] and all(k in self.state for k in self.state_names):
+        """Allocate zeroed state like ``params`` unless this optimizer's state already belongs to them.
+
+        An instance that last trained another model's parameters starts afresh here (its moments and
+        step count describe the other model), so one instance can be passed to several models in turn."""
+        owner = self._owner() if getattr(self, "_owner", None) is not None else None
+        same = owner is params or (owner is None and self._size == params.shape[0])
+        if same and self._size == params.shape[0] and all(k in self.state for k in self.state_names):
+            self._owner = weakref.ref(params)
             return
+        self._owner = weakref.ref(params)
         xp = namespace(params)
         self.state = {k: xp.zeros_like(params) for k in self.state_names}
         self._size = params.shape[0]
@@ -77,7 +87,7 @@ class SGD(Optimizer):
         self.momentum = _check_hyper("momentum", momentum, high=1.0)
         self.dampening = _check_hyper("dampening", dampening, high=1.0 + 1e-12)
         self.weight_decay = _check_hyper("weight_decay", weight_decay)
-        self.nesterov = bool(nesterov)
+        self.nesterov = validation.check_bool("nesterov", nesterov)
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
         self.state_names = ("momentum_buffer",) if self.momentum else ()
@@ -124,7 +134,7 @@ class Adam(Optimizer):
         self.betas = (_check_hyper("beta1", b1, high=1.0), _check_hyper("beta2", b2, high=1.0))
         self.eps = _check_hyper("eps", eps)
         self.weight_decay = _check_hyper("weight_decay", weight_decay)
-        self.amsgrad = bool(amsgrad)
+        self.amsgrad = validation.check_bool("amsgrad", amsgrad)
         self.state_names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
 
     def get_config(self):

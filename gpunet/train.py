@@ -75,15 +75,25 @@ def _stop_on_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
-def _ensure_log_handler():
-    """With verbose output and no logging configured, show gpunet's INFO lines on stderr."""
+@contextlib.contextmanager
+def _log_handler(verbose):
+    """With verbose output and no logging configured anywhere, show gpunet's INFO lines on stderr for the
+    duration of this fit only; the handler is removed afterwards and propagation is never turned off, so
+    an application that configures logging later sees every record once."""
     logger = logging.getLogger("gpunet")
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    if not verbose or logger.handlers or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _progress(verbose, total, epoch, epochs):
@@ -100,6 +110,8 @@ def _check_validation_data(model, validation_data, loss):
         return None
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
         raise ValueError("validation_data must be a pair (X_val, y_val)")
+    if validation_data[1] is None:
+        raise ValueError("validation_data has no targets: pass (X_val, y_val)")
     return model._upload(validation_data[0], validation_data[1], loss, name="validation_data X")
 
 
@@ -155,7 +167,9 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     """
     epochs = validation.check_int("epochs", epochs, low=0)
     batch_size = validation.check_int("batch_size", batch_size, low=1)
-    verbose = validation.check_int("verbose", verbose, low=0)
+    verbose = validation.check_int("verbose", int(verbose) if isinstance(verbose, bool) else verbose, low=0)
+    if y is None:
+        raise ValueError("y is required: fit(X, y) needs the targets")
     loss = model._resolve_loss(loss)
     if record not in ("epoch", "batch"):
         raise ValueError(f"record must be 'epoch' or 'batch', got {record!r}")
@@ -175,10 +189,37 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
         verbose, val = 0, None
         callbacks = [c for c in (callbacks or []) if not isinstance(c, _callbacks.ModelCheckpoint)]
     cbs = _callbacks.CallbackList(callbacks, model)
+    _check_monitors(cbs.callbacks, loss, validation_data is not None)
     # ---- nothing above changed any state; from here on the model trains ----
+    lock = model.__dict__.setdefault("_fit_lock", threading.Lock())
+    if not lock.acquire(blocking=False):
+        raise RuntimeError("fit is already running on this model in another thread; train a copy "
+                           "(gpunet.load of a saved file) or wait for that fit to return")
+    try:
+        return _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size, shuffle, verbose,
+                           cuda_graph, shard, record)
+    finally:
+        lock.release()
+
+
+def _check_monitors(cbs, loss, has_validation):
+    """A metric that EarlyStopping or ModelCheckpoint monitors must be one fit will log (checked before
+    the first epoch, not after it)."""
+    logged = {"loss", "lr"} | ({"accuracy"} if loss in losses.CLASSIFICATION else set())
+    if has_validation:
+        logged |= {f"val_{k}" for k in logged - {"lr"}}
+    for cb in cbs:
+        monitor = getattr(cb, "monitor", None)
+        if isinstance(cb, (_callbacks.EarlyStopping, _callbacks.ModelCheckpoint)) and monitor not in logged:
+            hint = " (pass validation_data or validation_split)" if str(monitor).startswith("val_") else ""
+            raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which is not among the logged metrics of "
+                             f"this fit{hint}; it logs {sorted(logged)}")
+
+
+def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size, shuffle, verbose, cuda_graph,
+                shard, record):
+    previous = (model.optimizer, model.loss)
     model.optimizer, model.loss, model.stop_training = opt, loss, False
-    if verbose:
-        _ensure_log_handler()
     if cuda_graph is None:
         cuda_graph = os.environ.get("GPUNET_CUDA_GRAPH", "0") == "1"
     trainer = _Trainer(model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose, reducer, shard)
@@ -190,13 +231,15 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     with backend.activate():
         try:
             trainer.allocate(cuda_graph)
-        except Exception as exc:
+        except Exception as exc:  # nothing trained: the previous optimizer stays the model's
+            model.optimizer, model.loss = previous
             if not backend.is_out_of_memory(exc):
                 raise
             raise OutOfMemoryError(_oom_message(model, trainer.B, "allocating the training buffers")) from None
     # every training launch goes to one stream (the graph's when graphs are on: replays stay ordered with
     # the eager work); overflow inside an epoch is reported once, as DivergenceError, not as warnings
-    with backend.activate(), trainer.stream(), _stop_on_sigint() as interrupted, np.errstate(all="ignore"):
+    with backend.activate(), trainer.stream(), _stop_on_sigint() as interrupted, np.errstate(all="ignore"), \
+            _log_handler(verbose):
         cbs.begin()
         cbs.on_train_begin()
         final_epoch = model.epochs_trained + epochs
@@ -205,11 +248,11 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
             cbs.on_epoch_begin(epoch)
             try:
                 logs = trainer.epoch(epoch, final_epoch, cbs, interrupted)
-            except Exception as exc:
-                if not backend.is_out_of_memory(exc):
-                    raise
+            except BaseException as exc:  # whatever leaves an epoch (a callback, a second Ctrl-C, OOM): roll back
                 trainer.rollback()
-                raise OutOfMemoryError(_oom_message(model, trainer.B, f"training epoch {epoch + 1}")) from None
+                if isinstance(exc, Exception) and backend.is_out_of_memory(exc):
+                    raise OutOfMemoryError(_oom_message(model, trainer.B, f"training epoch {epoch + 1}")) from None
+                raise
             if logs is None:  # interrupted, rolled back to the start of the epoch
                 trainer.history.interrupted = True
                 log.warning("gpunet: training interrupted during epoch %d; the model is back at the end of "
@@ -335,6 +378,14 @@ class _Trainer:
             self.graph = None
             return self.step(rows, r)
 
+    def _finite_at_start(self, order):
+        """Whether the (restored) weights give a finite loss on the epoch's first batch."""
+        rows = self.model.backend.to_device(order[:self.B].astype(np.int64))
+        x = self.model.xp.take(self.Xd, rows, axis=0)
+        y = self.model.xp.take(self.Yd, rows, axis=0)
+        value = self.model._evaluate_device(x, y, self.loss)["loss"]
+        return bool(np.isfinite(value))
+
     def rollback(self):
         """Back to the start of the epoch (a captured graph's device step count is then stale)."""
         self.snapshot.restore(self.model, self.opt)
@@ -403,10 +454,23 @@ class _Trainer:
         if not np.isfinite(host_loss).all():
             bad = int(np.flatnonzero(~np.isfinite(host_loss))[0])
             self.rollback()
+            if bad == 0 and not self._finite_at_start(order):
+                raise DivergenceError(
+                    f"the loss is {host_loss[0]} at epoch {epoch + 1}, batch 1, before any update of this epoch: "
+                    f"the data or the current weights already give a non-finite loss (inputs too large for "
+                    f"{model.dtype}? rescale them), not the learning rate. The weights were restored to the end of "
+                    f"epoch {epoch}.")
             raise DivergenceError(
                 f"training diverged: the loss became {host_loss[bad]} at epoch {epoch + 1}, batch {bad + 1} of "
                 f"{self.n_batches}; the learning rate ({opt.lr:g}) is probably too high for this model and data. "
                 f"The weights were restored to the end of epoch {epoch}.")
+        # the last update of the epoch is not followed by a loss: check the weights themselves (one read)
+        if not bool(backend.to_host(model.xp.all(model.xp.isfinite(model.params)))):
+            self.rollback()
+            raise DivergenceError(
+                f"training diverged: the weights overflowed to Inf/NaN during epoch {epoch + 1} (the last losses "
+                f"were finite); the learning rate ({opt.lr:g}) is too high for this model and data. The weights "
+                f"were restored to the end of epoch {epoch}.")
         logs = {"loss": float(host_loss @ self.sizes / self.n)}
         if self.classification:
             logs["accuracy"] = float(backend.to_host(batch_correct).sum() / self.acc_denominator)

@@ -107,6 +107,27 @@ def as_float_array(name, X):
     return arr
 
 
+def check_fits(name, arr, dtype):
+    """Finite after the cast to the model's ``dtype`` too: 1e39 is a finite float64 but Inf in float32."""
+    dtype = np.dtype(dtype)
+    if arr.dtype.kind in "iuf" and arr.size and dtype.kind == "f" and float(np.finfo(dtype).max) < _max_abs(arr):
+        raise ValueError(f"{name} has values up to {_max_abs(arr):.3g}, which overflow {dtype} (largest "
+                         f"{np.finfo(dtype).max:.3g}): rescale the data or use dtype='float64'")
+    return arr
+
+
+def _max_abs(arr):
+    with np.errstate(all="ignore"):
+        return float(np.max(np.abs(arr)))
+
+
+def check_bool(name, value):
+    """A real boolean (``"False"`` is a non-empty string, hence truthy: refuse it instead of guessing)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_finite(name, arr):
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
@@ -155,6 +176,11 @@ def check_targets(y, n_samples, n_outputs, loss, name="y"):
             raise ValueError(f"{name} must be class labels (n,) or one-hot rows (n, {n_outputs}), got shape {arr.shape}")
         if arr.min() < 0:
             raise ValueError(f"{name}: one-hot/probability targets must be >= 0")
+        sums = arr.sum(axis=1)
+        off = np.flatnonzero(np.abs(sums - 1.0) > 1e-6 * n_outputs)
+        if off.size:  # the softmax cross-entropy gradient (a - y) / n assumes rows that sum to 1
+            raise ValueError(f"{name}: cross_entropy targets must be one-hot or probability rows summing to 1; "
+                             f"row {int(off[0])} sums to {sums[off[0]]:g} ({off.size} such rows)")
         return arr.astype(np.float64)
     if arr.ndim == 1:
         arr = arr.reshape(-1, 1)
