@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 import numpy as np
 
@@ -37,6 +38,44 @@ if os.environ.get("GPUNET_NUMBA", "1") != "0":
 else:
     numba = None
 
+def _numba_cache_dir():
+    """Where gpunet's compiled kernels are cached: ``$NUMBA_CACHE_DIR`` when the user set it, else
+    ``$XDG_CACHE_HOME/gpunet/numba`` (``~/.cache/gpunet/numba``); ``None`` (no caching, compile once per
+    process) when that cannot be written, e.g. a read-only container running as ``nobody``. Never the
+    installed package: Numba's default in-tree cache (``gpunet/__pycache__``) outlives ``pip uninstall``
+    and a reinstall, and then shadows the package."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "gpunet", "numba")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError:
+        return None
+    return path
+
+
+CACHE_DIR = _numba_cache_dir() if numba is not None else None
+
+
+def _redirect_cache():
+    """Numba chooses a function's cache locator when ``njit(cache=True)`` decorates it
+    (``numba/core/decorators.py`` calls ``Dispatcher.enable_caching``, which builds ``FunctionCache``;
+    ``numba/core/caching.py``: ``UserProvidedCacheLocator`` comes first and reads ``config.CACHE_DIR`` at
+    that moment). So ``config.CACHE_DIR`` points at gpunet's folder while gpunet's kernels are decorated
+    and the user's setting is put back at the end of this module: other Numba code is not affected.
+    Returns the previous value."""
+    previous = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = CACHE_DIR or ""
+    return previous
+
+
+def _njit(**kwargs):
+    return numba.njit(cache=CACHE_DIR is not None, **kwargs)
+
+
 #: activation codes shared with the CUDA kernels (``gpunet.kernels.ACT_CODES``); 4 = softmax (output only)
 ACT_CODES = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "softmax": 4}
 LOSS_CODES = {"mse": 0, "mae": 1, "cross_entropy": 2, "binary_cross_entropy": 3}
@@ -46,7 +85,9 @@ mlp_step = None
 if numba is not None:
     import math
 
-    @numba.njit(cache=True, error_model="numpy", nogil=True)
+    _previous_cache_dir = _redirect_cache()
+
+    @_njit(error_model="numpy", nogil=True)
     def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, step_size, bc2_sqrt, amsgrad, decoupled):
         one = p.dtype.type(1.0)
         # Branch-free loop (it vectorises: ~2x faster than testing the flags per element): Adam's
@@ -72,7 +113,7 @@ if numba is not None:
             m[i], v[i] = mi, vi
             p[i] = pi - step_size * (mi / (math.sqrt(vi) / bc2_sqrt + eps))
 
-    @numba.njit(cache=True, error_model="numpy", nogil=True)
+    @_njit(error_model="numpy", nogil=True)
     def _sgd(p, g, buf, lr, momentum, dampening, wd, nesterov, first):
         one = p.dtype.type(1.0)
         if momentum == 0:
@@ -124,7 +165,7 @@ if numba is not None:
     def _block(flat, offset, rows, cols):
         return flat[offset:offset + rows * cols].reshape((rows, cols))
 
-    @numba.njit(cache=True, nogil=True)
+    @_njit(nogil=True)
     def _offsets(sizes, rows):
         """Start of W_l in the flat parameters (b_l follows it), and of layer l's block of ``rows``
         samples in the flat activation/delta buffers."""
@@ -141,7 +182,7 @@ if numba is not None:
             o += rows * sizes[l]
         return woff, aoff
 
-    @numba.njit(cache=True, error_model="numpy", nogil=True)
+    @_njit(error_model="numpy", nogil=True)
     def _mlp_step(X, Y, idx, sizes, rows, params, grads, acts, deltas, z, yb, hidden, out_act, loss_code):
         """Gather, forward, loss and backward for the batch ``X[idx]`` in one call.
 
@@ -240,7 +281,7 @@ if numba is not None:
                     D[i, j] *= _act_grad(A[i, j], out_act)
         return loss * inv_n, correct
 
-    @numba.njit(cache=True, error_model="numpy", nogil=True)
+    @_njit(error_model="numpy", nogil=True)
     def _mlp_backward(sizes, rows, r, params, grads, acts, deltas, hidden):
         """dW_l = a_{l-1}.T @ delta_l, db_l = column sums, delta_{l-1} = (delta_l @ W_l.T) * f'(a_{l-1})."""
         L = sizes.size - 1
@@ -272,3 +313,5 @@ if numba is not None:
                                    ACT_CODES[out_act], LOSS_CODES[loss])
         _mlp_backward(sizes, rows, idx.size, params, grads, acts, deltas, ACT_CODES[hidden])
         return value, correct
+
+    numba.config.CACHE_DIR = _previous_cache_dir  # gpunet's kernels are decorated: the user's setting back

@@ -184,7 +184,8 @@ class NumpyOps(ArrayOps):
     FUSED_MAX_LAYER_WEIGHTS = 65536
 
     def fused_step(self, model, ws, X, Y, idx, loss):
-        if self._mlp_step is None or model.dropout or model.l1 or model.l2 or not self._fusable(model):
+        if (self._mlp_step is None or model.dropout or model.l1 or model.l2 or model.__dict__.get("_fused_failed")
+                or not self._fusable(model)):
             return None
         flat = ws.__dict__.get("flat")
         if flat is None:
@@ -200,10 +201,10 @@ class NumpyOps(ArrayOps):
             return self._mlp_step(*args)
         try:  # the first call compiles; a failure there (e.g. no SciPy BLAS for Numba) changes nothing
             result = self._mlp_step(*args)
-        except Exception as exc:
-            log.warning("gpunet: fused CPU step unavailable (%s: %s); using NumPy",
+        except Exception as exc:  # this model uses NumPy; a later model tries the compiled step again
+            log.warning("gpunet: fused CPU step unavailable for this model (%s: %s); using NumPy",
                         type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            self._mlp_step = None
+            model._fused_failed = True
             return None
         self._compiled.add(key)
         return result

@@ -245,3 +245,28 @@ def test_gpunet_data_pointing_nowhere_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUNET_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="GPUNET_DATA.*nowhere"):
         gn.datasets.load_mnist()
+
+
+def test_a_failed_fused_compile_affects_only_that_model(data, monkeypatch, caplog):
+    from gpunet import backend
+
+    ops = backend.resolve("cpu").ops
+    if ops._mlp_step is None:
+        pytest.skip("Numba not installed: no fused step")
+    X = np.random.default_rng(0).normal(size=(40, 1))
+    real, calls = ops._mlp_step, []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("simulated compile failure")
+    monkeypatch.setattr(ops, "_mlp_step", broken)
+    monkeypatch.setattr(ops, "_compiled", set())
+    a = gn.MLP([1, 8, 1], "tanh", seed=0, dtype="float64")
+    a.fit(X, X, epochs=2, verbose=0)  # falls back to NumPy, tries the compiled step once only
+    assert len(calls) == 1 and "fused CPU step unavailable for this model" in caplog.text
+    monkeypatch.setattr(ops, "_mlp_step", real)
+    b = gn.MLP([1, 8, 1], "tanh", seed=0, dtype="float64")
+    b.fit(X, X, epochs=2, verbose=0)
+    assert ("float64", "float64") in ops._compiled  # the later model got the compiled step
+    for u, v in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
