@@ -400,12 +400,50 @@ def make_model(cfg, data=None):
     model = gn.MLP(cfg["layers"], cfg["hidden_activation"], cfg["output_activation"], device=cfg["device"],
                    dtype=cfg["dtype"], seed=cfg["seed"], init=cfg["init"], l1=cfg["l1"], l2=cfg["l2"],
                    dropout=cfg["dropout"])
+    return _attach_data(model, data)
+
+
+def _attach_data(model, data):
+    """The training data's input statistics and class labels, stored in the model."""
     if data is not None:
         model.input_mean, model.input_scale = data.mean, data.scale
         if data.classes is not None and not getattr(data, "builtin_classes", False):
             model.classes = data.classes
         model._onehot = data.classes is not None
     return model
+
+
+def _train_seeds(cfg, data, seeds, record):
+    """The configuration ``cfg`` trained once per seed: ``[(model, history, seconds)]``. Without a
+    learning-rate schedule or per-batch records, all seeds train together as one :class:`gpunet.MLPStack`
+    (batched GEMMs; each model equals its own run to float64 rounding), else one after the other."""
+    import gpunet as gn  # noqa: PLC0415
+
+    schedule = make_schedule(cfg)
+    if schedule is None and record == "epoch" and len(seeds) > 1:
+        stack = gn.MLPStack(cfg["layers"], cfg["hidden_activation"], cfg["output_activation"], seeds=seeds,
+                            device=cfg["device"], dtype=cfg["dtype"], init=cfg["init"], l1=cfg["l1"], l2=cfg["l2"],
+                            dropout=cfg["dropout"])
+        for m in stack._models:
+            _attach_data(m, data)
+        m0 = stack._models[0]
+        loss = m0._resolve_loss(cfg["loss"])
+        t0 = time.perf_counter()
+        hists = stack.fit(data.train[0], targets(m0, loss, data.train[1]), epochs=cfg["epochs"],
+                          batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss)
+        seconds = (time.perf_counter() - t0) / len(seeds)
+        return [(m, h, seconds) for m, h in zip(stack.models(), hists)], True
+    runs = []
+    for seed in seeds:
+        model = make_model({**cfg, "seed": seed}, data)
+        loss = model._resolve_loss(cfg["loss"])
+        t0 = time.perf_counter()
+        hist = model.fit(data.train[0], targets(model, loss, data.train[1]), epochs=cfg["epochs"],
+                         batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss, verbose=0,
+                         callbacks=[schedule] if schedule else None, record=record)
+        runs.append((model, hist, time.perf_counter() - t0))
+        schedule = make_schedule(cfg)  # a fresh schedule per run
+    return runs, False
 
 
 def make_optimizer(cfg):
@@ -800,16 +838,10 @@ def cmd_compare(args):
     for combo in combos:
         name = ", ".join(f"{k}={v}" for k, v in combo)
         runs = []
-        for s in range(args.seeds):
-            cfg = {**base, **dict(combo), "seed": base["seed"] + s}
-            model = make_model(cfg, data)
+        cfg = {**base, **dict(combo)}
+        trained, stacked = _train_seeds(cfg, data, [base["seed"] + s for s in range(args.seeds)], args.record)
+        for model, hist, seconds in trained:
             loss = model._resolve_loss(cfg["loss"])
-            schedule = make_schedule(cfg)
-            t0 = time.perf_counter()
-            hist = model.fit(data.train[0], targets(model, loss, data.train[1]), epochs=cfg["epochs"],
-                             batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss, verbose=0,
-                             callbacks=[schedule] if schedule else None, record=args.record)
-            seconds = time.perf_counter() - t0
             Xt, yt = data.test
             r = model.evaluate(Xt, targets(model, loss, yt), loss=loss, penalty=False)  # the data term
             # one metric every configuration shares (the trained loss differs when --vary loss=...)
@@ -818,7 +850,7 @@ def cmd_compare(args):
             if args.record == "batch":
                 run["batch_loss"] = hist.batch_loss
             runs.append(run)
-        row = {"name": name, "settings": dict(combo), "runs": runs}
+        row = {"name": name, "settings": dict(combo), "runs": runs, "stacked": stacked}
         for metric in ("loss", "mse", "accuracy", "seconds"):
             vals = [r[metric] for r in runs if r[metric] is not None]
             if vals:
@@ -827,7 +859,8 @@ def cmd_compare(args):
         print(f"{name}: test loss {row['loss_mean']:.4g} ± {row['loss_std']:.2g}"
               + (f", test MSE {row['mse_mean']:.4g} ± {row['mse_std']:.2g}" if "mse_mean" in row else "")
               + (f", accuracy {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}" if "accuracy_mean" in row else "")
-              + f", {row['seconds_mean']:.2f}s ± {row['seconds_std']:.2f}s")
+              + f", {row['seconds_mean']:.2f}s ± {row['seconds_std']:.2f}s"
+              + (" per model (seeds trained together)" if stacked else ""))
     _write_json(out / "compare.json", {"base": base, "seeds": args.seeds, "results": results})
     lines = ["| configuration | test loss, data term (mean ± std) | test MSE | accuracy | seconds |",
              "|---|---|---|---|---|"]

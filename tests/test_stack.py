@@ -91,3 +91,25 @@ def test_strict_namespace_matches_numpy():
     strict.fit(X, y, epochs=2, batch_size=16, optimizer=gn.Adam(lr=0.01))
     for a, b in zip(ref.models(), strict.models()):
         assert _max_diff(a, b) < 1e-12
+
+
+def test_compare_trains_seeds_together_with_the_same_results(tmp_path):
+    """`gpunet compare` stacks the seeds of a configuration when nothing needs per-model callbacks; the
+    per-seed results equal the sequential runs (which --record batch forces)."""
+    import json
+    import subprocess
+    import sys
+
+    def compare(out, *extra):
+        cmd = [sys.executable, "-m", "gpunet", "compare", "--dataset", "sincos", "--epochs", "3", "--seeds", "3",
+               "--dtype", "float64", "--vary", "hidden_activation=tanh,relu", "--out", str(tmp_path / out), *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads((tmp_path / out / "compare.json").read_text())["results"], proc.stdout
+
+    stacked, text = compare("a")
+    sequential, _ = compare("b", "--record", "batch")
+    assert all(r["stacked"] for r in stacked) and not any(r["stacked"] for r in sequential)
+    assert "seeds trained together" in text
+    for a, b in zip(stacked, sequential):
+        np.testing.assert_allclose([r["loss"] for r in a["runs"]], [r["loss"] for r in b["runs"]], rtol=1e-9)
