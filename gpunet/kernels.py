@@ -204,6 +204,7 @@ class GraphStep:
         self.lr = None
         self.eager_steps = 0
         self.captures = 0
+        self.replays = 0  # graph launches: a test can tell a real replay from a silent eager fallback
 
     def invalidate(self):
         self.graph = self.pool = self.hp = None
@@ -224,6 +225,7 @@ class GraphStep:
         if self.graph is None or self.lr != opt.lr:
             self._capture()
         self.graph.launch(stream=self.stream)
+        self.replays += 1
         opt.step_count += 1
         return self.loss_buf, self.correct_buf
 

@@ -142,10 +142,15 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     callbacks : list of :class:`gpunet.callbacks.Callback`
     verbose : int
         0 silent; 1 a progress bar (on a TTY) and one log line per epoch.
-    cuda_graph : bool or None
+    cuda_graph : bool, "require" or None
         On a CUDA device, capture the training step of full batches as a CUDA graph and replay it
         (small batches are launch-bound). ``None`` reads ``$GPUNET_CUDA_GRAPH`` (default off). Not used
-        with dropout or on the CPU; a failed capture falls back to eager launches with a warning.
+        with dropout or on the CPU. A failed capture falls back to eager launches with one warning;
+        ``"require"`` raises instead. ``History.cuda_graph`` reports replays, captures and the fallback
+        reason. Known limit: CuPy 14.2 refuses every cuBLAS call during stream capture
+        (``cupy_backends/cuda/libs/cublas.pyx``, ``setStream``), so with CuPy 14.2 the capture of a step
+        that multiplies matrices falls back (and ``"require"`` raises) until the GEMMs bypass CuPy's
+        cuBLAS wrappers.
     distributed : bool
         Data-parallel training over MPI ranks (see :mod:`gpunet.distributed`): call on every rank with
         the same model seed and the same data; ``batch_size`` is the global batch, each rank computes
@@ -271,6 +276,7 @@ def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size,
         cbs.on_train_end()
     if reducer is not None:
         trainer.history.distributed = reducer.stats()
+    trainer.history.cuda_graph = trainer.graph_summary()
     model.history = trainer.history
     return trainer.history
 
@@ -322,11 +328,23 @@ class _Trainer:
         self.acc_denominator = losses.accuracy_count(loss, n * ranks, model.layer_sizes[-1])
         self.history = _callbacks.History()
 
+    def graph_summary(self):
+        """What ``cuda_graph`` did, for ``History.cuda_graph`` and metrics.json: requested, replays,
+        captures, and the reason when it fell back to eager launches."""
+        if self.graph is not None:
+            self.graph_report.update(replays=self.graph.replays, captures=self.graph.captures)
+        return dict(self.graph_report)
+
     def allocate(self, cuda_graph=False):
         self.opt.bind(self.model.params)
         self.ws = self.model._workspace(self.B)
         self.snapshot = _Snapshot(self.model, self.opt)
         self.graph = None
+        self.graph_required = cuda_graph == "require"
+        self.graph_report = {"requested": bool(cuda_graph), "replays": 0, "captures": 0, "fallback": None}
+        if self.graph_required and not (self.model.backend.is_gpu and not self.model.dropout):
+            raise RuntimeError("cuda_graph='require' needs a CUDA device and no dropout; this model is on "
+                               f"{self.model.device} with dropout={self.model.dropout}")
         if cuda_graph and self.model.backend.is_gpu and not self.model.dropout:
             from gpunet import kernels  # noqa: PLC0415  (GPU only)
 
@@ -370,11 +388,15 @@ class _Trainer:
     def _graph_step(self, rows, r):
         try:
             return self.graph.step(rows)
-        except Exception as exc:  # capture unsupported here: say so once, continue eagerly
+        except Exception as exc:  # capture unsupported here: say so once (or raise), continue eagerly
             if self.model.backend.is_out_of_memory(exc):
                 raise
-            log.warning("gpunet: CUDA graph capture failed (%s: %s); continuing with eager launches",
-                        type(exc).__name__, exc)
+            reason = f"{type(exc).__name__}: {exc}"
+            self.graph_report.update(fallback=reason, replays=self.graph.replays)
+            if self.graph_required:
+                raise RuntimeError(f"cuda_graph='require': the training step could not be captured as a CUDA "
+                                   f"graph ({reason})") from exc
+            log.warning("gpunet: CUDA graph capture failed (%s); continuing with eager launches", reason)
             self.graph = None
             return self.step(rows, r)
 

@@ -60,6 +60,12 @@ def assert_graph_training_equals_eager(device, layers, make_opt, X, y, steps, rt
                        verbose=0, cuda_graph=graph)
         runs[graph] = (net, hist)
     (eager, he), (graphed, hg) = runs[False], runs[True]
+    report = hg.cuda_graph
+    if report["replays"] == 0:  # never a silent pass: eager equals eager
+        import pytest
+
+        pytest.xfail(f"no CUDA graph was replayed: {report['fallback']}")
+    assert he.cuda_graph == {"requested": False, "replays": 0, "captures": 0, "fallback": None}
     assert eager.optimizer.step_count == graphed.optimizer.step_count == steps
     np.testing.assert_allclose(hg.history["loss"], he.history["loss"], rtol=rtol)
     for a, b in zip(eager.get_weights(), graphed.get_weights()):

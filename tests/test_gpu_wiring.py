@@ -313,3 +313,75 @@ def test_graph_is_recaptured_after_a_rollback(fake_graphs, rng, monkeypatch):
     assert trainer.graph.captures == 1 and trainer.graph.eager_steps == 3
     trainer.rollback()
     assert trainer.graph.graph is None and trainer.graph.hp is None
+
+
+class RefusingCupy(FakeCupy):
+    """CuPy 14.2 during stream capture: every cuBLAS call raises (cupy_backends/cuda/libs/cublas.pyx,
+    setStream: NotImplementedError('calling cuBLAS API during stream capture is currently unsupported'))."""
+
+    capturing = False
+
+    def __getattr__(self, name):
+        attr = super().__getattr__(name)
+        if name in ("matmul", "dot") and callable(attr):
+            def guarded(*args, **kwargs):
+                if RefusingCupy.capturing:
+                    raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+                return attr(*args, **kwargs)
+            return guarded
+        return attr
+
+
+@pytest.fixture
+def refusing_graphs(fake_cuda, monkeypatch):
+    xp = RefusingCupy()
+    fake_cuda.xp = xp
+    monkeypatch.setattr(backend, "_import_cupy", lambda: xp)
+    monkeypatch.setattr(kernels, "new_stream", FakeStream)
+
+    def capture(stream, body):
+        RefusingCupy.capturing = True
+        try:
+            body()
+        finally:
+            RefusingCupy.capturing = False
+        return FakeGraph(body), None
+    monkeypatch.setattr(kernels, "capture_graph", capture)
+    return fake_cuda
+
+
+def test_refused_capture_is_reported_once_and_training_stays_exact(refusing_graphs, rng, caplog):
+    X = rng.standard_normal((100, 6))
+    y = rng.integers(0, 3, 100)
+    eager = gn.MLP([6, 8, 3], "relu", "softmax", device=refusing_graphs, dtype="float64", seed=3)
+    he = eager.fit(X, y, epochs=2, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0)
+    net = gn.MLP([6, 8, 3], "relu", "softmax", device=refusing_graphs, dtype="float64", seed=3)
+    hist = net.fit(X, y, epochs=2, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0, cuda_graph=True)
+    report = hist.cuda_graph
+    assert report["requested"] and report["replays"] == 0 and "cuBLAS API during stream capture" in report["fallback"]
+    assert caplog.text.count("CUDA graph capture failed") == 1
+    np.testing.assert_allclose(hist.history["loss"], he.history["loss"], rtol=1e-12)
+
+
+def test_require_raises_when_the_capture_is_refused(refusing_graphs, rng):
+    X = rng.standard_normal((64, 6))
+    y = rng.integers(0, 3, 64)
+    net = gn.MLP([6, 8, 3], "relu", "softmax", device=refusing_graphs, dtype="float64", seed=3)
+    with pytest.raises(RuntimeError, match="cuda_graph='require'.*cuBLAS"):
+        net.fit(X, y, epochs=1, batch_size=16, verbose=0, cuda_graph="require")
+    assert net.epochs_trained == 0
+
+
+def test_require_on_the_cpu_raises():
+    net = gn.MLP([2, 3, 1], seed=0, device="cpu")
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        net.fit(np.zeros((4, 2)), np.zeros(4), verbose=0, cuda_graph="require")
+
+
+def test_graph_replays_are_counted(fake_graphs, rng):
+    X = rng.standard_normal((100, 6))
+    y = rng.integers(0, 3, 100)
+    net = gn.MLP([6, 8, 3], "relu", "softmax", device=fake_graphs, dtype="float64", seed=3)
+    report = net.fit(X, y, epochs=3, batch_size=16, verbose=0, cuda_graph=True).cuda_graph
+    # 6 full batches per epoch: 3 eager warm-up steps, then every full batch replays (one capture)
+    assert report == {"requested": True, "replays": 3 * 6 - 3, "captures": 1, "fallback": None}
