@@ -151,10 +151,12 @@ class LearningRateScheduler(Callback):
             raise TypeError("schedule must be a callable (epoch, lr) -> new lr")
         self.schedule = schedule
         self.base_lr = None
+        #: a base rate that overrides the optimizer's (a resumed run whose optimizer holds a decayed rate)
+        self.fixed_base_lr = None
 
     def on_train_begin(self, logs=None):
-        if self.base_lr is None:
-            self.base_lr = self.model.optimizer.lr
+        # from this fit's optimizer, every time: one schedule instance can serve several fits and models
+        self.base_lr = self.fixed_base_lr if self.fixed_base_lr is not None else self.model.optimizer.lr
 
     def on_epoch_begin(self, epoch, logs=None):
         lr = float(self.schedule(epoch, self.model.optimizer.lr))

@@ -465,7 +465,7 @@ def make_schedule(cfg):
         schedule = callbacks.StepDecay(max(cfg["epochs"] // 3, 1), gamma=0.1)
     else:
         return None
-    schedule.base_lr = cfg["lr"]
+    schedule.fixed_base_lr = cfg["lr"]  # also when resuming: the saved optimizer holds the decayed rate
     return schedule
 
 

@@ -270,3 +270,12 @@ def test_a_failed_fused_compile_affects_only_that_model(data, monkeypatch, caplo
     assert ("float64", "float64") in ops._compiled  # the later model got the compiled step
     for u, v in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
+
+
+def test_a_schedule_instance_can_be_reused(data):
+    sched = gn.StepDecay(1, gamma=0.5)
+    a = gn.MLP([4, 6, 3], "tanh", "softmax", seed=0)
+    ha = a.fit(*data, epochs=2, optimizer=gn.Adam(lr=0.01), callbacks=[sched], verbose=0)
+    b = gn.MLP([4, 6, 3], "tanh", "softmax", seed=0)
+    hb = b.fit(*data, epochs=2, optimizer=gn.Adam(lr=0.1), callbacks=[sched], verbose=0)
+    assert ha.history["lr"] == [0.01, 0.005] and hb.history["lr"] == [0.1, 0.05]
