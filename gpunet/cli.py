@@ -181,6 +181,9 @@ def add_train_args(t):
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (up to --epochs in total)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks: 'mpirun -n N gpunet train ... --distributed' (--batch-size "
+                        "is the global batch; rank 0 writes the run)")
 
 
 def add_compare_args(c):
@@ -575,6 +578,31 @@ class _RunStart:
 
 
 def cmd_train(args):
+    """``--distributed``: every rank trains (same seed and data, one gradient all-reduce per step); rank 0
+    writes the run folder and prints, the other ranks work silently in a scratch folder removed after."""
+    if not getattr(args, "distributed", False):
+        return _cmd_train(args)
+    import contextlib  # noqa: PLC0415
+    import io  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from gpunet import distributed  # noqa: PLC0415
+
+    rank, _ = distributed.init()
+    if rank == 0:
+        return _cmd_train(args)
+    scratch = tempfile.mkdtemp(prefix=f"gpunet-rank{rank}-")
+    args.out, args.quiet, args.overwrite = os.path.join(scratch, "run"), True, False
+    logging.getLogger("gpunet").setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return _cmd_train(args)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _cmd_train(args):
     import gpunet as gn  # noqa: PLC0415
     from gpunet import backend, callbacks, plot  # noqa: PLC0415
 
@@ -627,7 +655,8 @@ def cmd_train(args):
     val = None if data.val is None else (data.val[0], targets(model, loss, data.val[1]))
     t0 = time.perf_counter()
     hist = model.fit(X, targets(model, loss, y), epochs=remaining, batch_size=cfg["batch_size"], optimizer=optimizer,
-                     loss=loss, validation_data=val, callbacks=cbs, verbose=0 if args.quiet else 1)
+                     loss=loss, validation_data=val, callbacks=cbs, verbose=0 if args.quiet else 1,
+                     distributed=getattr(args, "distributed", False))
     seconds = time.perf_counter() - t0
     Xt, yt = data.test
     result = model.evaluate(Xt, targets(model, loss, yt), loss=loss)

@@ -111,3 +111,19 @@ def test_without_mpi_init_distributed_fit_is_one_rank():
     b, _ = single(X, y, distributed=True)
     for u, v in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(u, v)
+
+
+def test_cli_train_distributed_equals_one_process(tmp_path):
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
+               OPENBLAS_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    args = ["-m", "gpunet", "train", "--dataset", "sincos", "--epochs", "2", "--dtype", "float64", "-q"]
+    dist = subprocess.run([MPIRUN, "-n", "2", "--oversubscribe", sys.executable, *args, "--out", str(tmp_path / "d"),
+                           "--distributed"], capture_output=True, text=True, timeout=120, env=env)
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "s")], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert dist.stdout.count("wrote") == 1  # rank 0 alone reports and writes
+    a, b = gn.load(tmp_path / "d" / "model.npz", device="cpu"), gn.load(tmp_path / "s" / "model.npz", device="cpu")
+    for u, v in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(u, v, rtol=0, atol=1e-10)
