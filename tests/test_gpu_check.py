@@ -1,0 +1,223 @@
+"""scripts/gpu-check on the CPU: its help, the no-CUDA exit, the per-test time limit, the report rewritten
+after every step, and the verdict. The script is loaded as a module (it has no .py suffix)."""
+import importlib.machinery
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu-check"
+
+
+@pytest.fixture(scope="module")
+def gc():
+    loader = importlib.machinery.SourceFileLoader("gpu_check", str(SCRIPT))
+    spec = importlib.util.spec_from_loader("gpu_check", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_help_says_how_to_run_from_the_checkout_and_installs_nothing():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "python scripts/gpu-check [--out FILE] [--quick]" in text
+    assert "from a checkout" in text and "no network is needed" in text
+    assert "numpy, pytest and a CuPy" in text and "PYTHONPATH" in text
+    assert "Exit status: 0" in text and "2 when no usable CUDA device" in text
+    assert "after every step" in text and "os.replace" in text
+    assert "pip" not in text.lower()
+    assert "pip install" not in SCRIPT.read_text()
+
+
+def test_no_cuda_device_exits_2_with_a_report_that_says_why(tmp_path):
+    fake = tmp_path / "site" / "cupy"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no CUDA driver in this test')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", "r.json"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no usable CUDA device" in proc.stderr
+    report = json.loads((work / "r.json").read_text())
+    assert report["exit_code"] == 2 and report["cuda_available"] is False
+    assert report["status"] == "no usable CUDA device"
+    assert "no CUDA driver in this test" in report["reason"]
+    # gpunet came from this checkout although the command ran in another folder
+    assert Path(report["gpunet_path"]).resolve() == ROOT / "gpunet" / "__init__.py"
+    assert [s["step"] for s in report["steps"]] == ["probe cuda:0"]
+    assert [p.name for p in work.iterdir()] == ["r.json"]  # no temporary file left behind
+
+
+def test_runner_kills_a_hanging_command_and_its_children_at_the_timeout(gc, tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    code = ("import subprocess, sys, time\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+            f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+            "print('started', flush=True)\n"
+            "time.sleep(300)\n")
+    res = gc.run_command([sys.executable, "-c", code], timeout=1.5)
+    assert res["status"] == "timeout" and res["timeout_s"] == 1.5
+    assert res["seconds"] < 60  # the child would sleep 300 s; the grandchild holds the pipes too
+    assert "started" in res["stdout"]
+    pid = int(pidfile.read_text())
+    for _ in range(50):  # the killed grandchild is reaped by init (a zombie at most, never running)
+        try:
+            state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        if state in ("Z", "X"):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"grandchild {pid} still running (state {state})")
+    ok = gc.run_command([sys.executable, "-c", "print('hi')"], timeout=30)
+    assert ok["status"] == "ok" and ok["returncode"] == 0 and ok["stdout"].strip() == "hi"
+    bad = gc.run_command([sys.executable, "-c", "raise SystemExit(3)"], timeout=30)
+    assert bad["status"] == "failed" and bad["returncode"] == 3
+
+
+FAKE_TEST = """
+import json, os, shutil, sys, time
+report, snap, junit, kind = sys.argv[1:5]
+shutil.copy(report, snap)  # what the report file held when this test started
+with open(snap + ".env", "w") as f:
+    f.write(os.environ["PYTHONPATH"])
+if kind == "hang":
+    time.sleep(300)
+if kind == "fail":
+    with open(junit, "w") as f:
+        f.write('<testsuites><testsuite><testcase classname="t" name="fail"><failure message="boom">x</failure>'
+                '</testcase></testsuite></testsuites>')
+    sys.exit(1)
+"""
+
+
+def test_run_tests_times_out_a_hanging_test_goes_on_and_rewrites_the_report_after_each(gc, tmp_path):
+    report = gc.Report(tmp_path / "report.json", {"status": "running"})
+    report.save()
+    ids = ["ok", "hang", "fail", "ok2"]
+    snaps = {i: tmp_path / f"snap-{i}.json" for i in ids}
+
+    def command(test_id, junit):
+        return [sys.executable, "-c", FAKE_TEST, str(report.path), str(snaps[test_id]), junit, test_id]
+
+    lines = []
+    tests = gc.run_tests(ids, report, gc.Clock(600), timeout=1.0, command=command, workdir=str(tmp_path),
+                         log=lambda *a, **k: lines.append(a[0]))
+    statuses = [c["status"] for c in tests["cases"]]
+    assert statuses == ["passed", "timeout", "failed", "passed"]
+    assert tests["cases"][1]["message"] == "killed after 1.0 s" and tests["cases"][1]["seconds"] < 60
+    assert tests["cases"][2]["message"] == "boom"
+    assert tests["counts"] == {"passed": 2, "timeout": 1, "failed": 1}
+    # each test saw the report as rewritten after the tests before it
+    for n, test_id in enumerate(ids):
+        seen = json.loads(snaps[test_id].read_text())
+        assert [c["status"] for c in seen["tests"]["cases"]] == statuses[:n]
+        assert Path(snaps[test_id].with_suffix(".json.env").read_text().split(os.pathsep)[0]) == ROOT
+    final = json.loads(report.path.read_text())
+    assert [c["status"] for c in final["tests"]["cases"]] == statuses
+    assert len(lines) == 4 and "timeout" in lines[1]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert gc.failures(final) == ["test hang: timeout", "test fail: failed"]
+
+
+def test_run_tests_past_the_deadline_records_not_run(gc, tmp_path):
+    report = gc.Report(tmp_path / "r.json")
+    tests = gc.run_tests(["a", "b"], report, gc.Clock(100), timeout=10, reserve=100,
+                         command=lambda *_: pytest.fail("must not run"), log=lambda *a, **k: None)
+    assert [c["status"] for c in tests["cases"]] == ["not run (time budget)"] * 2
+    assert gc.failures(json.loads(report.path.read_text())) == ["test a: not run (time budget)",
+                                                                "test b: not run (time budget)"]
+
+
+def test_statuses_come_from_pytests_junit(gc, tmp_path):
+    f = tmp_path / "test_fake.py"
+    f.write_text("import pytest\n"
+                 "def test_ok(): pass\n"
+                 "def test_bad(): assert 1 == 2\n"
+                 "def test_skip(): pytest.skip('no device')\n"
+                 "@pytest.mark.xfail(reason='no replay')\n"
+                 "def test_xf(): assert False\n")
+    report = gc.Report(tmp_path / "r.json")
+    ids = [f"{f}::test_{n}" for n in ("ok", "bad", "skip", "xf")]
+    tests = gc.run_tests(ids, report, gc.Clock(600), timeout=120, workdir=str(tmp_path), log=lambda *a, **k: None)
+    assert [c["status"] for c in tests["cases"]] == ["passed", "failed", "skipped", "xfailed"]
+    assert "1 == 2" in tests["cases"][1]["message"]
+    assert tests["cases"][2]["message"].endswith("no device") and tests["cases"][3]["message"] == "no replay"
+
+
+def test_bench_plan_is_one_valid_gpunet_bench_call_per_workload(gc, tmp_path):
+    from gpunet import bench
+
+    full = gc.bench_plan(False, tmp_path)
+    quick = gc.bench_plan(True, tmp_path)
+    assert [label for label, _ in full] == ["mnist-b32+sinc-b20", "mnist-b128", "mnist-b1024", "mnist-b8192"]
+    assert [label for label, _ in quick] == ["mnist-b128+sinc-b20"]
+    for label, argv in full + quick:
+        args = bench.parse_args(argv)
+        assert args.device == "cuda" and not args.quick
+        assert Path(args.out) == tmp_path / label
+        assert f"mnist-b{args.batch_sizes}" in label and (args.small_batch == 20) == label.endswith("+sinc-b20")
+    assert [bench.parse_args(a).steps for _, a in full] == [100] * 4
+    assert bench.parse_args(quick[0][1]).steps == 20 and bench.parse_args(quick[0][1]).repeats == 2
+
+
+def test_fast_path_summary_graph_check_and_verdict(gc):
+    absent = gc.summarize_fast_paths({"available": False, "note": "not available in this version (x)"})
+    assert absent == {"live": [], "off": {}, "note": "not available in this version (x)"}
+    status = {"cuda:0": {"bias_activation": {"live": True, "reason": None},
+                         "softmax_xent": {"live": False, "reason": "max abs error 0.3 > 1e-5"},
+                         "adam": {"live": True, "reason": None}}}
+    fp = gc.summarize_fast_paths({"available": True, "status": status})
+    assert fp == {"live": ["bias_activation", "adam"], "off": {"softmax_xent": "max abs error 0.3 > 1e-5"},
+                  "note": None}
+    weird = gc.summarize_fast_paths({"available": True, "status": {"cuda:0": ["bias_activation"]}})
+    assert weird["note"].startswith("unexpected fast_path_status() format")
+
+    ok_steps = [{"step": "probe cuda:0", "status": "ok"}, {"step": "bench mnist-b128", "status": "ok"}]
+    data = {"device": "NVIDIA H100", "status": "passed", "steps": ok_steps,
+            "tests": {"counts": {"passed": 27, "xfailed": 1}, "cases": [{"test": "t", "status": "xfailed"}]},
+            "fast_paths": dict(fp, off={}), "cuda_graph": {"requested": True, "replays": 14, "captures": 1,
+                                                          "fallback": None},
+            "bench": {"workloads": [{"workload": "mnist-b128", "status": "ok"}], "rows": [{}] * 4, "table": "|x|"}}
+    assert gc.failures(data) == []
+    lines = "\n".join(gc.summary_lines(data))
+    assert "tests: 27 passed, 1 xfailed" in lines and "graph: 14 replays, 1 captures" in lines
+    assert "fast paths: 2 live (bias_activation, adam), 0 off" in lines
+    assert "benchmark: 4 rows from 1/1 workloads" in lines
+
+    bad = dict(data, fast_paths=fp, cuda_graph={"requested": True, "replays": 0, "captures": 0,
+                                                "fallback": "cuBLAS refused during capture"},
+               bench={"workloads": [{"workload": "mnist-b8192", "status": "timeout"}], "rows": [], "table": None})
+    assert gc.failures(bad) == ["benchmark mnist-b8192: timeout",
+                                "fast path softmax_xent switched off: max abs error 0.3 > 1e-5",
+                                "CUDA graph check: no replay (cuBLAS refused during capture)"]
+    assert "off: softmax_xent: max abs error 0.3 > 1e-5" in "\n".join(gc.summary_lines(bad))
+
+
+def test_report_save_is_atomic_and_complete(gc, tmp_path):
+    r = gc.Report(tmp_path / "sub" / "r.json", {"a": 1})
+    r.step({"step": "one", "status": "ok"})
+    r.step({"step": "two", "status": "failed"})
+    assert json.loads(r.path.read_text()) == {"a": 1, "steps": [{"step": "one", "status": "ok"},
+                                                                {"step": "two", "status": "failed"}]}
+    assert [p.name for p in r.path.parent.iterdir()] == ["r.json"]
+
+
+def test_bad_flags_are_clear_errors(gc, capsys):
+    for argv, msg in ((["--budget", "0"], "--budget must be > 0"), (["--test-timeout", "-1"], "--test-timeout must be > 0"),
+                      (["--bench-reserve", "-5"], "--bench-reserve must be >= 0")):
+        with pytest.raises(SystemExit) as exc:
+            gc.parse_args(argv)
+        assert exc.value.code == 2 and msg in capsys.readouterr().err
+    assert gc.parse_args(["--quick"]).bench_reserve == 60.0 and gc.parse_args([]).bench_reserve == 180.0
