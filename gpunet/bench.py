@@ -7,6 +7,16 @@ resident on its device, with ``steps`` optimizer steps per timed run after a war
 different implementations alternate (``repeats`` rounds) and the median is reported. Ratios are
 gpunet's median throughput over each peer's, measured in the same run.
 
+Like for like: every implementation uploads (gpunet: validates and uploads) its data once, in its
+runner's constructor; a timed run is its optimizer steps only, on batch indices prepared before the
+clock starts. Floating point: full float32 matmuls everywhere unless ``--tf32`` (CuPy/gpunet, PyTorch
+and JAX alike); the report records the mode each library actually uses (``tf32``). JAX runs without
+preallocating GPU memory. Each workload row carries the GEMM-only bound (``gemm-only``: the step's
+GEMMs and batch gather alone) and every implementation's throughput as a fraction of it.
+
+Robustness: a runner that raises (out of memory included) becomes an ``{"error": "Type: message"}``
+cell and the others go on; the JSON and Markdown reports are rewritten atomically after every workload.
+
 Peers (each skipped with a note when its package is missing):
 - ``numpy``: a textbook NumPy MLP (allocating forward/backward, Adam as whole-array expressions);
 - ``torch``: PyTorch eager with ``Adam(fused=True)`` where supported (else ``foreach``);
@@ -19,6 +29,7 @@ Peers (each skipped with a note when its package is missing):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -74,22 +85,57 @@ class Runner:
 
 
 class GpunetRunner(Runner):
+    """gpunet's training step as ``fit`` runs it, on data validated and uploaded once.
+
+    ``fit(X, y)`` validates ``X, y`` on the host and uploads them (``MLP._upload``) at every call, so
+    timing ``fit`` would time a full data-set upload per run while the peers' data already sits on the
+    device. The constructor therefore does what ``fit`` does before its first step, once: ``_upload``,
+    then the ``train._Trainer`` with its workspace, optimizer state and (``gpunet-graph``) CUDA graph.
+    ``run`` times only the optimizer steps, dispatched as ``_Trainer.epoch`` dispatches full batches
+    (``_graph_step`` when a graph is live, else ``step``), on batch indices uploaded before the clock
+    starts, as the peers do; fit's per-epoch bookkeeping (rollback snapshot, loss read-back) has no
+    counterpart in the peers and is not timed.
+    """
+
     def __init__(self, w, device, dtype, cuda_graph=False):
         import gpunet as gn  # noqa: PLC0415
+        from gpunet import train  # noqa: PLC0415
 
         self.name = "gpunet-graph" if cuda_graph else "gpunet"
-        self.net = gn.MLP(w.layers, "relu", "softmax" if w.classification else "linear", device=device, dtype=dtype, seed=0)
+        self.net = net = gn.MLP(w.layers, "relu", "softmax" if w.classification else "linear", device=device,
+                                dtype=dtype, seed=0)
         self.w = w
         self.cuda_graph = cuda_graph
         self.opt = gn.Adam(lr=1e-3)
+        self.rounds = 0
+        loss = net._resolve_loss(None)
+        with net.backend.activate():
+            Xd, Yd = net._upload(w.X, w.y, loss)
+            self.trainer = train._Trainer(net, self.opt, loss, Xd, Yd, None, w.batch_size, shuffle=False, verbose=0)
+            self.trainer.allocate(cuda_graph)
+            net.backend.synchronize()
+        net.optimizer, net.loss = self.opt, loss
+
+    @property
+    def extra(self):
+        """What the CUDA graph did (replays, captures, fallback reason) for the gpunet-graph row."""
+        return {"cuda_graph": self.trainer.graph_summary()} if self.cuda_graph else {}
 
     def run(self, steps):
-        n = steps * self.w.batch_size
-        X, y = self.w.X[:n], self.w.y[:n]
-        t0 = time.perf_counter()
-        self.net.fit(X, y, epochs=1, batch_size=self.w.batch_size, optimizer=self.opt, verbose=0,
-                     cuda_graph=self.cuda_graph)
-        self.net.backend.synchronize()
+        t, be, B = self.trainer, self.net.backend, self.w.batch_size
+        order = np.random.default_rng(self.rounds).permutation(steps * B).astype(np.int64)
+        self.rounds += 1
+        with be.activate(), t.stream(), np.errstate(all="ignore"):
+            idx = be.to_device(order)
+            be.synchronize()
+            t0 = time.perf_counter()
+            for s in range(steps):
+                rows = idx[s * B:(s + 1) * B]
+                if t.graph is not None:
+                    t._graph_step(rows, B)
+                else:
+                    t.step(rows, B)
+            be.synchronize()
         return time.perf_counter() - t0
 
 
@@ -289,6 +335,7 @@ class JaxRunner(Runner):
 
     def run(self, steps):
         order = self.jax.device_put(np.random.default_rng(self.t).permutation(steps * self.w.batch_size), self.dev)
+        self.jax.block_until_ready(order)  # the index upload is not timed (as for the other runners)
         t0 = time.perf_counter()
         for s in range(steps):
             self.t += 1
@@ -298,6 +345,8 @@ class JaxRunner(Runner):
 
 
 class SklearnRunner(Runner):
+    """scikit-learn on the host; ``partial_fit`` checks its input at every call (its only training API)."""
+
     def __init__(self, w, dtype):
         from sklearn.neural_network import MLPClassifier, MLPRegressor  # noqa: PLC0415
 
@@ -319,11 +368,22 @@ class SklearnRunner(Runner):
         return time.perf_counter() - t0
 
 
-def make_runners(w, device, dtype, peers, compile_=False, notes=None):
+def describe(exc):
+    """A report cell for a runner that raised: ``"Type: message"``."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def make_runners(w, device, dtype, peers, compile_=False, notes=None, errors=None):
+    """gpunet's runner, then one per peer that can run here.
+
+    A peer whose package is missing is skipped with a note in ``notes``; a runner (gpunet's included)
+    whose set-up raises, out of memory included, is left out and recorded in ``errors`` as
+    ``{name: "Type: message"}``."""
     notes = notes if notes is not None else []
-    runners = [GpunetRunner(w, device, dtype)]
+    errors = errors if errors is not None else {}
     gpu = device.startswith("cuda")
     factories = {
+        "gpunet": lambda: GpunetRunner(w, device, dtype),
         "gpunet-graph": (lambda: GpunetRunner(w, device, dtype, cuda_graph=True)) if gpu else None,
         "gemm-only": lambda: GemmOnlyRunner(w, device, dtype),
         "numpy": (lambda: NumpyRunner(w, dtype)) if not gpu else None,
@@ -332,7 +392,8 @@ def make_runners(w, device, dtype, peers, compile_=False, notes=None):
         "jax": lambda: JaxRunner(w, device, dtype),
         "sklearn": (lambda: SklearnRunner(w, dtype)) if not gpu else None,
     }
-    for peer in peers:
+    runners = []
+    for peer in dict.fromkeys(["gpunet", *peers]):
         make = factories.get(peer)
         if make is None:
             continue
@@ -344,22 +405,56 @@ def make_runners(w, device, dtype, peers, compile_=False, notes=None):
                 r.compile_seconds = time.perf_counter() - t0
             runners.append(r)
         except ImportError as exc:
-            notes.append(f"{peer}: skipped ({exc})")
-        except Exception as exc:  # a peer that cannot run here must not stop the benchmark
-            notes.append(f"{peer}: failed to set up ({type(exc).__name__}: {exc})")
+            note = f"{peer}: skipped ({exc})"
+            if note not in notes:
+                notes.append(note)
+        except Exception as exc:  # this cell is an error; the other runners go on
+            errors[peer] = describe(exc)
     return runners
 
 
-def measure(runners, steps, repeats, warmup):
-    """Interleaved rounds; returns {name: [samples/s per round]}."""
-    for r in runners:
-        r.run(warmup)
+def measure(runners, steps, repeats, warmup, errors=None):
+    """Interleaved rounds; returns ``{name: [samples/s per round]}``.
+
+    A runner that raises (out of memory included) is recorded in ``errors`` as ``"Type: message"``,
+    removed from ``runners`` (so its device memory can be freed) and from the rates: a cell is either
+    measured in every round or an error. ``KeyboardInterrupt`` and ``SystemExit`` are not caught."""
+    errors = errors if errors is not None else {}
     rates = {r.name: [] for r in runners}
+
+    def timed(r, n):
+        try:
+            return r.run(n)
+        except Exception as exc:
+            errors[r.name] = describe(exc)
+            rates.pop(r.name, None)
+            runners.remove(r)
+            return None
+
+    for r in list(runners):
+        timed(r, warmup)
     for _ in range(repeats):
-        for r in runners:
-            seconds = r.run(steps)
-            rates[r.name].append(steps * r.w.batch_size / seconds)
+        for r in list(runners):
+            seconds = timed(r, steps)
+            if seconds is not None:
+                rates[r.name].append(steps * r.w.batch_size / seconds)
     return rates
+
+
+def release_device_memory(device):
+    """Return cached GPU memory between workloads and after a failure, so that one library's cache
+    cannot starve the next: CuPy's default pool (``cupy.get_default_memory_pool().free_all_blocks()``,
+    ``cupy/cuda/memory.pyx``) and PyTorch's caching allocator (``torch.cuda.empty_cache()``); JAX,
+    without preallocation, frees its buffers itself."""
+    if not device.startswith("cuda"):
+        return
+    gc.collect()
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        cupy.get_default_memory_pool().free_all_blocks()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------- machine facts
@@ -413,8 +508,92 @@ def machine_info(device):
         info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         info["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
         info["driver"] = cupy.cuda.runtime.driverGetVersion()
-        info["tf32"] = os.environ.get("CUPY_TF32", "0")
     return info
+
+
+# ----------------------------------------------------------------------------- floating-point mode
+#: ``jax_default_matmul_precision`` values: 'float32' (full float32) and 'tensorfloat32' are accepted
+#: by every JAX version (jax/_src/config.py: the enum was ['bfloat16', 'tensorfloat32', 'float32'];
+#: newer versions add 'highest' and the dot-algorithm presets).
+JAX_PRECISION = {False: "float32", True: "tensorfloat32"}
+FULL_FP32_JAX = ("float32", "highest", "F32_F32_F32")
+
+
+def configure_precision(tf32, notes):
+    """Before any library touches the GPU: one matmul precision for every implementation (full float32,
+    or TF32 with ``--tf32``), and JAX without preallocation (it would otherwise take 75% of the GPU's
+    memory from the other implementations in this process)."""
+    from gpunet import backend  # noqa: PLC0415
+
+    # CuPy reads CUPY_TF32 once, at its first float32 matmul (get_compute_type in CuPy 14.2
+    # cupy/_core/_routines_linalg.pyx), and gpunet's device probe makes one: set it before the probe;
+    # enforce_cupy_gemm_mode checks the effective mode after it
+    backend.set_tf32(tf32)
+    if "jax" in sys.modules:
+        notes.append("jax was imported before the benchmark set XLA_PYTHON_CLIENT_PREALLOCATE=false; JAX keeps "
+                     f"XLA_PYTHON_CLIENT_PREALLOCATE={os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE', 'unset')} "
+                     "(unset: it preallocates 75% of the GPU's memory)")
+    else:
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    try:
+        import jax  # noqa: PLC0415
+
+        jax.config.update("jax_default_matmul_precision", JAX_PRECISION[tf32])
+    except ImportError:
+        pass
+    except Exception as exc:  # a broken JAX install: its runner will fail and say so
+        notes.append(f"jax: could not set the matmul precision ({describe(exc)})")
+    try:
+        import torch  # noqa: PLC0415
+
+        torch.backends.cuda.matmul.allow_tf32 = tf32  # set explicitly either way
+    except ImportError:
+        pass
+    except Exception as exc:
+        notes.append(f"torch: could not set allow_tf32 ({describe(exc)})")
+
+
+def cupy_gemm_mode():
+    """CuPy's float32 GEMM compute type as CuPy names it: 'COMPUTE_TYPE_DEFAULT' (full float32,
+    CUBLAS_COMPUTE_32F) or 'COMPUTE_TYPE_TF32' (CUBLAS_COMPUTE_32F_FAST_TF32). CuPy 14.2
+    cupy/_core/_routines_linalg.pyx: every 2-D matmul on compute capability >= 5.0 goes through
+    tensordot_core_v11, which reads ``get_compute_type(dtype)`` at each call; ``compute_type_to_str``
+    names the value. Call it only after the device probe: the first call fixes the mode."""
+    from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
+
+    return linalg.compute_type_to_str(linalg.get_compute_type(np.float32))
+
+
+def enforce_cupy_gemm_mode(tf32, notes):
+    """Make CuPy's float32 GEMM mode the requested one even when an earlier float32 matmul in this
+    process (``scripts/gpu-check`` probes the device first) fixed it from another ``CUPY_TF32``:
+    ``set_compute_type`` and the ``COMPUTE_TYPE_*`` constants (a ``cpdef enum`` in
+    cupy/_core/_routines_linalg.pxd) are CuPy 14.2's; a note says when it had to change."""
+    from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
+
+    want = linalg.COMPUTE_TYPE_TF32 if tf32 else linalg.COMPUTE_TYPE_DEFAULT
+    have = linalg.get_compute_type(np.float32)
+    if have != want:
+        linalg.set_compute_type(np.float32, want)
+        notes.append(f"CuPy's float32 GEMM mode had been fixed to {linalg.compute_type_to_str(have)} by an earlier "
+                     f"matmul in this process; set to {linalg.compute_type_to_str(want)} for the benchmark")
+
+
+def tf32_record(tf32, device):
+    """The matmul mode each library actually uses (read back, not the flags that asked for it)."""
+    rec = {"requested": bool(tf32), "cupy_compute_type": cupy_gemm_mode() if device.startswith("cuda") else None,
+           "torch_allow_tf32": None, "jax_matmul_precision": None}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        rec["torch_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        rec["jax_matmul_precision"] = getattr(jax.config, "jax_default_matmul_precision", None)
+    # TF32 is a CUDA tensor-core mode: CPU matmuls are float32 whatever the flags say
+    rec["full_fp32"] = not device.startswith("cuda") or (
+        rec["cupy_compute_type"] != "COMPUTE_TYPE_TF32" and rec["torch_allow_tf32"] is not True
+        and (jax is None or rec["jax_matmul_precision"] in FULL_FP32_JAX))
+    return rec
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -467,18 +646,27 @@ def default_steps(layers, batch_size, device):
     return int(min(400, max(10, 1.0e10 / work)))
 
 
+#: column order of the tables: gpunet first, the GEMM-only bound last
+IMPL_ORDER = ("gpunet", "gpunet-graph", "numpy", "torch", "torch-compile", "jax", "sklearn", "gemm-only")
+
+
 def run(args):
+    """Run the benchmark; returns the report.
+
+    ``bench-{cpu,gpu}.json`` and ``.md`` are rewritten atomically after every workload (``complete`` is
+    false until the last one), so a crash or a timeout keeps what was measured; the plot comes at the
+    end. Process-wide settings made first (a benchmark process is its own): ``CUPY_TF32`` and CuPy's
+    float32 GEMM mode, PyTorch's ``allow_tf32``, JAX's default matmul precision and
+    ``XLA_PYTHON_CLIENT_PREALLOCATE=false``.
+    """
     from gpunet import backend, plot  # noqa: PLC0415
 
-    if getattr(args, "tf32", False):
-        backend.set_tf32(True)
-        try:
-            import torch  # noqa: PLC0415
-
-            torch.backends.cuda.matmul.allow_tf32 = True
-        except ImportError:
-            pass
+    tf32 = bool(getattr(args, "tf32", False))
+    notes, rows = [], []
+    configure_precision(tf32, notes)
     device = backend.resolve(args.device).name
+    if device.startswith("cuda"):
+        enforce_cupy_gemm_mode(tf32, notes)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     if device.startswith("cuda") and "gpunet-graph" not in peers:
@@ -503,78 +691,154 @@ def run(args):
         torch.set_num_threads(threads)
     except ImportError:
         pass
-    notes, rows = [], []
     ceiling = gemm_ceiling(args.dtype, device=device)
     workloads = [("mnist", b, mnist_workload) for b in batch_sizes]
     if args.small_batch:
         workloads.append(("small", args.small_batch, small_workload))
-    for kind, B, make in workloads:
-        layers = MNIST_LAYERS if kind == "mnist" else SMALL_LAYERS
-        steps = args.steps or default_steps(layers, B, device)
-        if args.quick:
-            steps = min(steps, 20)
-        warmup = max(3, steps // 5)
-        w = make(B, max(steps, warmup) * B)  # the warm-up may take more steps than a short timed run
-        runners = make_runners(w, device, args.dtype, peers, args.compile, notes)
-        rates = measure(runners, steps, args.repeats, warmup=warmup)
-        ours = statistics.median(rates["gpunet"])
-        for r in runners:
-            med = statistics.median(rates[r.name])
-            row = {"workload": w.name, "layers": layers, "batch_size": B, "impl": r.name, "samples_per_s": med,
-                   "runs": rates[r.name], "steps": steps, "us_per_step": 1e6 * B / med,
-                   "gpunet_ratio": ours / med if r.name != "gpunet" else 1.0}
-            if r.compile_seconds is not None:
-                row["compile_seconds"] = r.compile_seconds
-            if r.name == "gpunet":
-                row["fraction_of_gemm_ceiling"] = med * flops_per_sample(layers) / (ceiling * 1e9)
-            if isinstance(r, TorchRunner):
-                row["torch_adam"] = r.fused
-            rows.append(row)
-        print(format_rows([x for x in rows if x["workload"] == w.name]), flush=True)
-    if limiter is not None:
-        limiter.restore_original_limits()
-    report = {"device": device, "dtype": args.dtype, "threads": threads, "gemm_gflops": ceiling,
-              "flops_per_sample": {"mnist": flops_per_sample(MNIST_LAYERS), "small": flops_per_sample(SMALL_LAYERS)},
-              "machine": machine_info(device), "notes": notes, "results": rows,
-              "protocol": f"median of {args.repeats} interleaved runs after warm-up; data resident on the device"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "gpu" if device.startswith("cuda") else "cpu"
-    (out / f"bench-{tag}.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    (out / f"bench-{tag}.md").write_text(markdown(report) + "\n")
-    plot.plot_throughput([r for r in rows if r["workload"].startswith("mnist")], out / f"bench-{tag}.png",
-                         title=f"MNIST 784-512-256-10 training throughput ({device}, {args.dtype})")
+    report = {"device": device, "dtype": args.dtype, "threads": threads, "gemm_gflops": ceiling,
+              "flops_per_sample": {"mnist": flops_per_sample(MNIST_LAYERS), "small": flops_per_sample(SMALL_LAYERS)},
+              "machine": machine_info(device), "notes": notes, "results": rows, "complete": False,
+              "protocol": f"median of {args.repeats} interleaved runs after warm-up; every implementation's data "
+                          f"uploaded once before timing, a timed run = its optimizer steps; "
+                          f"{'TF32' if tf32 else 'full float32'} matmuls"}
+    report["machine"]["tf32"] = tf32_record(tf32, device)
+    write_report(report, out, tag)  # the machine facts and settings, before anything is measured
+    try:
+        for kind, B, make in workloads:
+            layers = MNIST_LAYERS if kind == "mnist" else SMALL_LAYERS
+            steps = args.steps or default_steps(layers, B, device)
+            if args.quick:
+                steps = min(steps, 20)
+            warmup = max(3, steps // 5)
+            w = make(B, max(steps, warmup) * B)  # the warm-up may take more steps than a short timed run
+            errors = {}
+            runners = make_runners(w, device, args.dtype, peers, args.compile, notes, errors)
+            rates = measure(runners, steps, args.repeats, warmup, errors)
+            new = workload_rows(w, steps, runners, rates, errors, ceiling)
+            del runners, w
+            release_device_memory(device)
+            rows.extend(new)
+            report["machine"]["tf32"] = tf32_record(tf32, device)
+            write_report(report, out, tag)
+            print(format_rows(new), flush=True)
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
+    report["complete"] = True
+    report["machine"]["tf32"] = tf32_record(tf32, device)
+    write_report(report, out, tag)
+    measured = [r for r in rows if r["workload"].startswith("mnist") and r.get("samples_per_s")]
+    if measured:
+        plot.plot_throughput(measured, out / f"bench-{tag}.png",
+                             title=f"MNIST 784-512-256-10 training throughput ({device}, {args.dtype})")
     for n in notes:
         print(f"note: {n}")
-    print(f"wrote {out}/bench-{tag}.json, .md, .png")
+    print(f"wrote {out}/bench-{tag}.json, .md" + (", .png" if measured else ""))
     return report
+
+
+def workload_rows(w, steps, runners, rates, errors, ceiling):
+    """One row per implementation of workload ``w``: the median samples/s, gpunet's ratio to it and
+    its fraction of the GEMM-only bound (the ``gemm-only`` runner's samples/s on the same workload: the
+    same GEMM shapes per step); or the error that stopped it."""
+    med = {name: statistics.median(r) for name, r in rates.items() if r}
+    ours, bound = med.get("gpunet"), med.get("gemm-only")
+    extra = {r.name: r for r in runners}
+    rows = []
+    for name in sorted({*med, *errors}, key=lambda n: (IMPL_ORDER.index(n) if n in IMPL_ORDER else len(IMPL_ORDER), n)):
+        row = {"workload": w.name, "layers": w.layers, "batch_size": w.batch_size, "impl": name, "steps": steps}
+        if name not in med:
+            rows.append({**row, "samples_per_s": None, "error": errors[name]})
+            continue
+        m = med[name]
+        row.update(samples_per_s=m, runs=rates[name], us_per_step=1e6 * w.batch_size / m,
+                   gpunet_ratio=None if ours is None else ours / m,
+                   fraction_of_gemm_bound=None if bound is None else m / bound)
+        if name == "gpunet":
+            row["fraction_of_gemm_ceiling"] = m * flops_per_sample(w.layers) / (ceiling * 1e9)
+        r = extra.get(name)
+        if r is not None:
+            if r.compile_seconds is not None:
+                row["compile_seconds"] = r.compile_seconds
+            if isinstance(r, TorchRunner):
+                row["torch_adam"] = r.fused
+            row.update(getattr(r, "extra", {}))
+        rows.append(row)
+    return rows
+
+
+def write_report(report, out, tag):
+    """``bench-<tag>.json`` and ``.md``, each replaced atomically (a reader never sees half a file)."""
+    from gpunet.io import atomic_write  # noqa: PLC0415
+
+    with atomic_write(out / f"bench-{tag}.json", "w") as f:
+        f.write(json.dumps(report, indent=2, default=float) + "\n")
+    with atomic_write(out / f"bench-{tag}.md", "w") as f:
+        f.write(markdown(report) + "\n")
 
 
 def format_rows(rows):
     lines = []
     for r in rows:
-        ratio = "" if r["impl"] == "gpunet" else f"  gpunet/{r['impl']} = {r['gpunet_ratio']:.2f}x"
+        if r.get("error"):
+            lines.append(f"{r['workload']:>12} {r['impl']:>14}: error ({r['error']})")
+            continue
+        ratio = ("" if r["impl"] == "gpunet" or r["gpunet_ratio"] is None
+                 else f"  gpunet/{r['impl']} = {r['gpunet_ratio']:.2f}x")
+        bound = "" if r["fraction_of_gemm_bound"] is None else f", {r['fraction_of_gemm_bound']:.0%} of GEMM-only"
         lines.append(f"{r['workload']:>12} {r['impl']:>14}: {r['samples_per_s']:>10.0f} samples/s "
-                     f"({r['us_per_step']:.0f} us/step){ratio}")
+                     f"({r['us_per_step']:.0f} us/step{bound}){ratio}")
     return "\n".join(lines)
+
+
+def _percent(value):
+    return "—" if value is None else f"{value:.0%}"
 
 
 def markdown(report):
     m = report["machine"]
+    tf = m.get("tf32") or {}
+    mode = "full float32" if tf.get("full_fp32", True) else "TF32"
     head = (f"Device: {report['device']} ({m.get('gpu') or m.get('cpu')}, {m.get('cpu_count')} cores, "
-            f"{report['threads']} threads), {report['dtype']}, GEMM ceiling {report['gemm_gflops']:.0f} GFLOP/s; "
-            f"numpy {m['numpy']}, torch {m.get('torch')}, jax {m.get('jax')}, scikit-learn {m.get('sklearn')}, "
-            f"numba {m.get('numba')}. {report['protocol']}.")
-    impls = list(dict.fromkeys(r["impl"] for r in report["results"]))
+            f"{report['threads']} threads), {report['dtype']} ({mode} matmuls), GEMM ceiling "
+            f"{report['gemm_gflops']:.0f} GFLOP/s; numpy {m['numpy']}, torch {m.get('torch')}, jax {m.get('jax')}, "
+            f"scikit-learn {m.get('sklearn')}, numba {m.get('numba')}. {report['protocol']}.")
+    if not report.get("complete", True):
+        head += " Partial: the run had not finished when this was written."
+    results = report["results"]
+    if not results:
+        return head + "\n\nNo workload has finished yet."
+    impls = sorted(dict.fromkeys(r["impl"] for r in results),
+                   key=lambda n: (IMPL_ORDER.index(n) if n in IMPL_ORDER else len(IMPL_ORDER), n))
+    peers = [i for i in impls if i not in ("gpunet", "gemm-only")]  # gemm-only has its own column
     lines = [head, "", "| workload | " + " | ".join(f"{i} (samples/s)" for i in impls)
-             + " | " + " | ".join(f"gpunet / {i}" for i in impls if i != "gpunet") + " | gpunet % of GEMM ceiling |",
-             "|---" * (2 * len(impls) + 1) + "|"]
-    for wl in dict.fromkeys(r["workload"] for r in report["results"]):
-        rs = {r["impl"]: r for r in report["results"] if r["workload"] == wl}
-        cells = [f"{rs[i]['samples_per_s']:,.0f}" if i in rs else "—" for i in impls]
-        ratios = [f"{rs[i]['gpunet_ratio']:.2f}x" if i in rs else "—" for i in impls if i != "gpunet"]
-        frac = rs["gpunet"].get("fraction_of_gemm_ceiling")
-        lines.append(f"| {wl} | " + " | ".join(cells) + " | " + " | ".join(ratios) + f" | {frac:.0%} |")
+             + "".join(f" | gpunet / {i}" for i in peers)
+             + " | gpunet % of GEMM-only bound | gpunet % of GEMM ceiling |",
+             "|---" * (len(impls) + len(peers) + 3) + "|"]
+    for wl in dict.fromkeys(r["workload"] for r in results):
+        rs = {r["impl"]: r for r in results if r["workload"] == wl}
+        ours = rs.get("gpunet", {})
+
+        def cell(i):
+            r = rs.get(i)
+            return "—" if r is None else "error" if r.get("error") else f"{r['samples_per_s']:,.0f}"
+
+        def ratio(i):
+            r = rs.get(i)
+            if r is None or not ours:
+                return "—"
+            return "error" if r.get("error") or ours.get("error") else f"{r['gpunet_ratio']:.2f}x"
+
+        fracs = ["error", "error"] if ours.get("error") else [_percent(ours.get("fraction_of_gemm_bound")),
+                                                             _percent(ours.get("fraction_of_gemm_ceiling"))]
+        lines.append(f"| {wl} | " + " | ".join(cell(i) for i in impls)
+                     + "".join(f" | {ratio(i)}" for i in peers) + " | " + " | ".join(fracs) + " |")
+    failed = [r for r in results if r.get("error")]
+    if failed:
+        lines += ["", "Errors: " + "; ".join(f"{r['workload']} {r['impl']}: {r['error']}" for r in failed) + "."]
     return "\n".join(lines)
 
 
