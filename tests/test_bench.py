@@ -13,6 +13,10 @@ import gpunet as gn
 from gpunet import backend, bench
 from gpunet.model import MLP
 
+# the fake CUDA backend (NumPy-backed CuPy stand-in, checked kernels, fake graphs, CuPy 14.2's refusal of
+# cuBLAS during capture) of the wiring tests
+from test_gpu_wiring import fake_cuda, fake_graphs, refusing_graphs  # noqa: F401
+
 LAYERS = [6, 16, 3]
 
 
@@ -48,25 +52,27 @@ def cells(report):
 
 
 # ----------------------------------------------------------------------------- data uploaded once
+def count_transfers(monkeypatch):
+    """Record every ``MLP._upload`` call and the shape of every ``Backend.to_device`` transfer."""
+    uploads, shapes = [], []
+    real_upload, real_to_device = MLP._upload, backend.Backend.to_device
+    monkeypatch.setattr(MLP, "_upload", lambda self, *a, **k: uploads.append(a) or real_upload(self, *a, **k))
+    monkeypatch.setattr(backend.Backend, "to_device",
+                        lambda self, a, dtype=None: shapes.append(np.shape(a)) or real_to_device(self, a, dtype))
+    return uploads, shapes
+
+
 def test_gpunet_timed_run_neither_validates_nor_uploads_the_data(monkeypatch):
     w = tiny_workload(8, 40)
     runner = bench.GpunetRunner(w, "cpu", "float32")
-    uploads, transfers = [], []
-    real_upload, real_to_device = MLP._upload, backend.Backend.to_device
-    monkeypatch.setattr(MLP, "_upload", lambda self, *a, **k: uploads.append(a) or real_upload(self, *a, **k))
-
-    def to_device(self, a, dtype=None):
-        transfers.append(np.asarray(a))
-        return real_to_device(self, a, dtype)
-
-    monkeypatch.setattr(backend.Backend, "to_device", to_device)
+    uploads, transfers = count_transfers(monkeypatch)
     before = runner.net.get_weights()
     steps_before = runner.opt.step_count
     seconds = runner.run(5)
     assert seconds > 0
     assert uploads == []
     # the only transfer is the run's batch order (5 steps x 8 rows), uploaded before the clock starts
-    assert [(t.shape, t.dtype) for t in transfers] == [((40,), np.dtype(np.int64))]
+    assert transfers == [(40,)]
     assert runner.opt.step_count == steps_before + 5  # it trained exactly 5 optimizer steps
     after = runner.net.get_weights()
     assert all(not np.array_equal(a, b) for a, b in zip(before, after))
@@ -82,6 +88,25 @@ def test_gpunet_runner_trains_like_fit_on_the_same_batches():
     net.fit(w.X[order], w.y[order], epochs=1, batch_size=8, optimizer=gn.Adam(lr=1e-3), shuffle=False, verbose=0)
     for a, b in zip(runner.net.get_weights(), net.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gpunet_graph_runner_replays_on_data_uploaded_once_and_reports_it(fake_graphs, monkeypatch):
+    w = tiny_workload(8, 48)
+    runner = bench.GpunetRunner(w, fake_graphs, "float64", cuda_graph=True)
+    uploads, shapes = count_transfers(monkeypatch)
+    runner.run(6)
+    assert uploads == [] and all(len(s) == 1 for s in shapes)  # batch order and Adam's scalars, no data
+    # 3 eager warm-up steps, one capture, then every step replays
+    assert runner.extra == {"cuda_graph": {"requested": True, "replays": 3, "captures": 1, "fallback": None}}
+    rows = bench.workload_rows(w, 6, [runner], {"gpunet-graph": [100.0]}, {}, ceiling=1.0)
+    assert rows[0]["cuda_graph"]["replays"] == 3
+
+
+def test_gpunet_graph_row_says_when_the_capture_fell_back(refusing_graphs):
+    runner = bench.GpunetRunner(tiny_workload(8, 48), refusing_graphs, "float64", cuda_graph=True)
+    runner.run(6)
+    report = runner.extra["cuda_graph"]
+    assert report["replays"] == 0 and "cuBLAS API during stream capture" in report["fallback"]
 
 
 # ----------------------------------------------------------------------------- per-runner errors
@@ -183,10 +208,7 @@ def test_every_row_has_the_gemm_only_bound_of_its_workload(tmp_path):
 def test_gemm_only_runner_times_the_step_gemms_on_data_uploaded_once(monkeypatch):
     w = tiny_workload(8, 40)
     runner = bench.GemmOnlyRunner(w, "cpu", "float32")
-    transfers = []
-    real_to_device = backend.Backend.to_device
-    monkeypatch.setattr(backend.Backend, "to_device",
-                        lambda self, a, dtype=None: transfers.append(np.shape(a)) or real_to_device(self, a, dtype))
+    _, transfers = count_transfers(monkeypatch)
     assert runner.run(5) > 0
     assert transfers == [(40,)]  # the batch order only
     # the last step's forward pass: A[l+1] = A[l] @ W[l] on the gathered batch
