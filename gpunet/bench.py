@@ -442,8 +442,8 @@ def measure(runners, steps, repeats, warmup, errors=None):
 
 
 def release_device_memory(device):
-    """Return cached GPU memory between workloads and after a failure, so that one library's cache
-    cannot starve the next: CuPy's default pool (``cupy.get_default_memory_pool().free_all_blocks()``,
+    """Return cached GPU memory between workloads, so that one library's cache cannot starve the
+    next: CuPy's default pool (``cupy.get_default_memory_pool().free_all_blocks()``,
     ``cupy/cuda/memory.pyx``) and PyTorch's caching allocator (``torch.cuda.empty_cache()``); JAX,
     without preallocation, frees its buffers itself."""
     if not device.startswith("cuda"):
@@ -609,7 +609,8 @@ def parse_args(argv):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="BLAS/torch threads (default: all cores)")
     p.add_argument("--quick", action="store_true", help="smoke test: batch 128 and the small net, few steps")
-    p.add_argument("--tf32", action="store_true", help="TF32 matmuls on CUDA for gpunet and PyTorch (recorded)")
+    p.add_argument("--tf32", action="store_true", help="TF32 matmuls on CUDA for gpunet (CuPy), PyTorch and JAX "
+                   "(default: full float32 for all; the effective mode is recorded)")
     p.add_argument("--out", default="benchmarks/results", help="folder for bench.json, bench.md, bench.png")
     args = p.parse_args(argv)
     validate_args(args)
@@ -648,6 +649,10 @@ def default_steps(layers, batch_size, device):
 
 #: column order of the tables: gpunet first, the GEMM-only bound last
 IMPL_ORDER = ("gpunet", "gpunet-graph", "numpy", "torch", "torch-compile", "jax", "sklearn", "gemm-only")
+
+
+def _impl_key(name):
+    return (IMPL_ORDER.index(name) if name in IMPL_ORDER else len(IMPL_ORDER), name)
 
 
 def run(args):
@@ -748,7 +753,7 @@ def workload_rows(w, steps, runners, rates, errors, ceiling):
     ours, bound = med.get("gpunet"), med.get("gemm-only")
     extra = {r.name: r for r in runners}
     rows = []
-    for name in sorted({*med, *errors}, key=lambda n: (IMPL_ORDER.index(n) if n in IMPL_ORDER else len(IMPL_ORDER), n)):
+    for name in sorted({*med, *errors}, key=_impl_key):
         row = {"workload": w.name, "layers": w.layers, "batch_size": w.batch_size, "impl": name, "steps": steps}
         if name not in med:
             rows.append({**row, "samples_per_s": None, "error": errors[name]})
@@ -811,8 +816,7 @@ def markdown(report):
     results = report["results"]
     if not results:
         return head + "\n\nNo workload has finished yet."
-    impls = sorted(dict.fromkeys(r["impl"] for r in results),
-                   key=lambda n: (IMPL_ORDER.index(n) if n in IMPL_ORDER else len(IMPL_ORDER), n))
+    impls = sorted({r["impl"] for r in results}, key=_impl_key)
     peers = [i for i in impls if i not in ("gpunet", "gemm-only")]  # gemm-only has its own column
     lines = [head, "", "| workload | " + " | ".join(f"{i} (samples/s)" for i in impls)
              + "".join(f" | gpunet / {i}" for i in peers)
@@ -838,7 +842,9 @@ def markdown(report):
                      + "".join(f" | {ratio(i)}" for i in peers) + " | " + " | ".join(fracs) + " |")
     failed = [r for r in results if r.get("error")]
     if failed:
-        lines += ["", "Errors: " + "; ".join(f"{r['workload']} {r['impl']}: {r['error']}" for r in failed) + "."]
+        # the first line of each message (XLA's run long); the JSON has them whole
+        lines += ["", "Errors: " + "; ".join(f"{r['workload']} {r['impl']}: {r['error'].splitlines()[0][:300]}"
+                                             for r in failed) + "."]
     return "\n".join(lines)
 
 
