@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 
 import numpy as np
 
@@ -46,11 +47,31 @@ def namespace(a):
 def set_tf32(enabled: bool) -> None:
     """Opt in to TF32 tensor-core matmuls for float32 on CUDA (faster, ~10-bit mantissa products).
 
-    CuPy reads the setting once, at its first float32 matmul (gpunet's device probe makes one), so call
-    this, or set ``GPUNET_TF32=1``, before the first CUDA use in the process. Off by default: the CPU/GPU
-    parity tests assume full float32 precision.
+    Off by default: the CPU/GPU parity tests assume full float32 precision. CuPy fixes the float32 compute
+    type at its first float32 GEMM from ``$CUPY_TF32`` (``cupy/_core/_routines_linalg.pyx``,
+    ``get_compute_type``); this sets that variable for a CuPy not imported yet and, once CuPy is imported,
+    the compute type itself (``cupy._core.set_compute_type``), so it takes effect whenever it is called.
+    gpunet's device probe multiplies float64 matrices only, so it never fixes the float32 mode.
+    ``GPUNET_TF32=1`` does the same at the first CUDA use. :func:`tf32_effective` reads the mode back.
     """
     os.environ["CUPY_TF32"] = "1" if enabled else "0"
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
+
+        linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
+
+
+def tf32_effective() -> bool:
+    """Whether CuPy's float32 GEMMs use TF32 now: its effective compute type
+    (``cupy._core.get_compute_type(float32) == COMPUTE_TYPE_TF32``), not the environment variable. False
+    without CuPy."""
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return False
+    from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
+
+    return linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
 
 
 def _import_cupy():
@@ -80,8 +101,8 @@ def cuda_status(index: int = 0) -> tuple[bool, str]:
         count = cupy.cuda.runtime.getDeviceCount()
         if index >= count:
             return False, f"cuda:{index} was requested but only {count} CUDA device(s) exist"
-        with cupy.cuda.Device(index):
-            x = cupy.arange(4, dtype=cupy.float32)
+        with cupy.cuda.Device(index):  # float64: a float32 GEMM would fix CuPy's TF32 mode (see set_tf32)
+            x = cupy.arange(4, dtype=cupy.float64)
             y = (x * 2.0 + 1.0).reshape(2, 2)
             got = float((y @ y).sum().get())
         if got != 144.0:  # [[1,3],[5,7]] @ [[1,3],[5,7]] = [[16,24],[40,64]]
@@ -198,11 +219,18 @@ class Backend:
             self.device.synchronize()
 
     def is_out_of_memory(self, exc) -> bool:
-        """Whether ``exc`` is an allocation failure on this device (host ``MemoryError`` or CuPy's
-        ``OutOfMemoryError``)."""
+        """Whether ``exc`` is an allocation failure on this device: a host ``MemoryError``, CuPy's
+        ``OutOfMemoryError`` (its memory pool), or a library's failed allocation: cuBLAS's
+        ``CUBLAS_STATUS_ALLOC_FAILED`` (status 3: ``CUBLASError`` in ``cupy_backends/cuda/libs/cublas.pyx``,
+        ``gpunet.cublas.CublasError``) or the runtime's ``cudaErrorMemoryAllocation`` (status 2:
+        ``CUDARuntimeError`` in ``cupy_backends/cuda/api/runtime.pyx``)."""
         if isinstance(exc, MemoryError):
             return True
-        return self.kind == "cupy" and type(exc).__name__ == "OutOfMemoryError"
+        if self.kind != "cupy":
+            return False
+        name, status = type(exc).__name__, getattr(exc, "status", None)
+        return (name == "OutOfMemoryError" or (name in ("CUBLASError", "CublasError") and status == 3)
+                or (name == "CUDARuntimeError" and status == 2))
 
     def activate(self):
         """Context manager making this device current (CuPy); a no-op elsewhere."""

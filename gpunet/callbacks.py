@@ -50,6 +50,10 @@ class History(Callback):
         self.epoch: list[int] = []
         self.seconds: list[float] = []
         self.interrupted = False
+        #: what fit(cuda_graph=...) did: requested, replays, captures, fallback reason (set by fit)
+        self.cuda_graph = None
+        #: the backend's fast paths when fit ran: {path: {"live": bool, "reason": str or None}}
+        self.fast_paths = {}
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.append(epoch)

@@ -670,7 +670,7 @@ def _cmd_train(args):
         "seconds_total": seconds + sum(previous.get("seconds", [])),
         "samples_per_s": (len(X) * len(hist.epoch) / sum(hist.seconds)) if hist.seconds else None,
         "interrupted": hist.interrupted, "gpunet_version": gn.__version__, "preset": cfg.get("preset"),
-        "cuda_graph": getattr(hist, "cuda_graph", None),
+        "cuda_graph": getattr(hist, "cuda_graph", None), "fast_paths": getattr(hist, "fast_paths", {}),
     }
     if "accuracy" in result or data.classes is not None:
         metrics[f"{prefix}_accuracy"] = result.get("accuracy", model.score(Xt, yt) if model.classes is not None
@@ -928,6 +928,7 @@ def cmd_info(args):
     print(f"BLAS: {blas_info()}")
     print("devices:")
     print("  cpu")
+    print(_fast_path_lines(backend.CPU))
     ok, why = backend.cuda_status(0)
     if not ok:
         print(f"  (no CUDA device: {why})")
@@ -938,7 +939,23 @@ def cmd_info(args):
         dev_name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         print(f"  {name}: {dev_name}, {props['totalGlobalMem'] / 2 ** 30:.1f} GiB, "
               f"compute capability {props['major']}.{props['minor']}")
+        print(_fast_path_lines(backend.resolve(name)))
     return 0
+
+
+def _fast_path_lines(be):
+    """The fast paths of a backend after its self-check (``gpunet info``)."""
+    from gpunet import backend as _backend  # noqa: PLC0415
+
+    if be.is_gpu:
+        lines = [f"    fast paths (each self-checked against the reference at first use; float32 GEMMs: "
+                 f"{'TF32' if _backend.tf32_effective() else 'full fp32'}):"]
+    else:
+        lines = ["    fast paths:"]
+    for path, st in be.ops.status().items():
+        state = {True: "on", False: "OFF", None: "checked at the first fit(cuda_graph=True)"}[st["live"]]
+        lines.append(f"      {path:<20} {state}" + (f" ({st['reason']})" if st.get("reason") else ""))
+    return "\n".join(lines)
 
 
 def blas_info():

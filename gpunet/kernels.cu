@@ -107,6 +107,19 @@ template <typename T> GN_HD T gn_sigmoid_xent(T z, T y, T& a, T& delta, T inv_n)
     return (z > T(0) ? z : T(0)) - z * y + gn_log1p<T>(gn_exp<T>(-absz));
 }
 
+// Dropout masks from a counter-based generator: element i of a mask drawn with key `seed` is kept when
+// u(seed, i) >= rate, where u is the top 53 bits of splitmix64(seed + (i + 1) * golden) as a double in [0, 1).
+// No device state: the key comes from the model's seeded host generator (saved with the model, rolled back
+// with an epoch), so masks are reproducible and per model. gpunet/kernels.py: dropout_reference is the same
+// generator in CuPy/NumPy expressions (the self-check compares the two exactly).
+GN_HD double gn_uniform(unsigned long long seed, unsigned long long i) {
+    unsigned long long x = seed + (i + 1ULL) * 0x9E3779B97F4A7C15ULL;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    x = x ^ (x >> 31);
+    return (double)(x >> 11) * (1.0 / 9007199254740992.0);  // 2^-53
+}
+
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 // ---------------------------------------------------------------------------------- kernels
 // Launched from gpunet/kernels.py through cupy.RawModule (name_expressions instantiate T).
@@ -175,18 +188,25 @@ __global__ void gn_sgd(T* p, const T* g, T* buf, long long n, T lr, T momentum, 
     }
 }
 
-// One thread per row: softmax, (a - y) / rows and the row loss
+// out <- 1/keep where u(seed, i) >= rate, else 0 (inverted dropout)
+template <typename T>
+__global__ void gn_dropout(T* out, long long n, unsigned long long seed, double rate, T scale) {
+    GN_GRID_STRIDE(i, n) out[i] = gn_uniform(seed, (unsigned long long)i) >= rate ? scale : T(0);
+}
+
+// One thread per row: softmax, (a - y) / rows and the row loss / rows (one sum is then the mean loss)
 template <typename T>
 __global__ void gn_softmax_xent(const T* z, const T* y, T* a, T* delta, T* row_loss, int rows, int k, T inv_n) {
     GN_GRID_STRIDE(r, rows) {
         const long long o = r * (long long)k;
-        row_loss[r] = gn_softmax_xent_row<T>(z + o, y + o, a + o, delta + o, k, inv_n);
+        row_loss[r] = gn_softmax_xent_row<T>(z + o, y + o, a + o, delta + o, k, inv_n) * inv_n;
     }
 }
 
+// per element: sigmoid, (a - y) / n and the element's loss / n
 template <typename T>
 __global__ void gn_sigmoid_xent_k(const T* z, const T* y, T* a, T* delta, T* loss, long long n, T inv_n) {
-    GN_GRID_STRIDE(i, n) loss[i] = gn_sigmoid_xent<T>(z[i], y[i], a[i], delta[i], inv_n);
+    GN_GRID_STRIDE(i, n) loss[i] = gn_sigmoid_xent<T>(z[i], y[i], a[i], delta[i], inv_n) * inv_n;
 }
 #endif  // kernels
 
@@ -199,6 +219,7 @@ __global__ void gn_sigmoid_xent_k(const T* z, const T* y, T* a, T* delta, T* los
 //   sgd:            IN = [n, lr, mom, damp, wd, nesterov, first, p.., g.., buf..]   OUT = [p.., buf..]
 //   softmax_xent:   IN = [rows, k, z.., y..]                   OUT = [loss_sum, a.., delta..]
 //   sigmoid_xent:   IN = [n, z.., y..]                         OUT = [loss_sum, a.., delta..]
+//   uniform:        IN = [seed_hi32, seed_lo32, n]             OUT = [u(seed, i)...] (dropout generator)
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -268,6 +289,9 @@ template <typename T> static std::vector<double> run(const char* mode, const std
         out.push_back(total);
         for (T x : a) out.push_back((double)x);
         for (T x : d) out.push_back((double)x);
+    } else if (!std::strcmp(mode, "uniform")) {  // IN = [seed_hi32, seed_lo32, n]  OUT = [u(seed, 0..n-1)]
+        unsigned long long seed = ((unsigned long long)in[0] << 32) | (unsigned long long)in[1];
+        for (size_t i = 0; i < (size_t)in[2]; ++i) out.push_back(gn_uniform(seed, i));
     } else {
         std::fprintf(stderr, "unknown mode %s\n", mode);
         std::exit(2);

@@ -179,9 +179,10 @@ class MLP:
             ws = self._workspaces[key] = _Workspace(self, rows)
         return ws
 
-    def _forward(self, x, ws, train=False):
+    def _forward(self, x, ws, train=False, output=True):
         """Forward pass of ``x`` (r, n_0), r <= ws.rows; returns the output activations (r, n_L)
-        and the list of each layer's input (for backprop)."""
+        and the list of each layer's input (for backprop). ``output=False`` leaves the output activations
+        unwritten (the logits are in ``ws.z``) for a loss kernel that computes them itself."""
         ops = self.backend.ops
         r = x.shape[0]
         inputs = [x]
@@ -193,6 +194,8 @@ class MLP:
             inputs.append(a)
         z = ops.matmul(inputs[-1], self.W[-1], ws.z[:r, ...])
         z += self.b[-1]
+        if not output:
+            return ws.a[-1][:r, ...], inputs
         return ops.activation(self.output_activation, z, ws.a[-1][:r, ...]), inputs
 
     def _backward(self, ws, inputs, train=False):
@@ -232,9 +235,11 @@ class MLP:
 
     def _step_gradients(self, x, y, ws, loss, train):
         """Forward + backward on one batch; returns (loss 0-d array, output activations)."""
-        a_out, inputs = self._forward(x, ws, train=train)
+        ops = self.backend.ops
+        # the fused CUDA cross-entropy kernels write the softmax/sigmoid outputs themselves: not twice
+        a_out, inputs = self._forward(x, ws, train=train, output=not ops.loss_writes_output(loss, self.output_activation))
         r = x.shape[0]
-        value = self.backend.ops.loss_delta(loss, self.output_activation, ws.z[:r, ...], a_out, y, ws.delta[-1][:r, ...])
+        value = ops.loss_delta(loss, self.output_activation, ws.z[:r, ...], a_out, y, ws.delta[-1][:r, ...])
         self._backward(ws, inputs, train)
         if self.l1 or self.l2:
             value = value + self._penalty()

@@ -75,6 +75,11 @@ class ArrayOps:
         delta[...] = losses.delta(loss, output_activation, z, a, y)
         return losses.value(loss, z, a, y)
 
+    def loss_writes_output(self, loss, output_activation):
+        """Whether :meth:`loss_delta` computes the output activations itself (then the forward pass of a
+        gradient step leaves them to it): only the fused CUDA cross-entropy kernels do."""
+        return False
+
     def correct(self, loss, a, y):
         return losses.correct(loss, a, y)
 
@@ -91,6 +96,11 @@ class ArrayOps:
         u = self.xp.astype(self.backend.to_device(rng.random(tuple(out.shape))), out.dtype)
         out[...] = self.xp.floor(u + keep) * (1.0 / keep)  # u + keep >= 1  <=>  u >= rate
         return out
+
+    def status(self):
+        """Which fast paths this backend has: ``{path: {"live": bool, "reason": str or None}}`` (the
+        reference has none)."""
+        return {}
 
     def fused_step(self, model, ws, X, Y, idx, loss):
         """Gather + forward + loss + backward of one training batch in fused code, filling
@@ -112,6 +122,16 @@ class NumpyOps(ArrayOps):
         self.sgd = cpu_kernels.sgd_step
         self._mlp_step = cpu_kernels.mlp_step
         self._compiled = set()
+
+    def status(self):
+        from gpunet import cpu_kernels  # noqa: PLC0415
+
+        why = None if cpu_kernels.numba is not None else "Numba is not installed (pip install 'gpunet[numba]')"
+        if why is None and self._mlp_step is None:
+            why = "Numba could not compile gpunet's kernels"
+        return {"fused_step": {"live": why is None, "reason": why, "note": "networks with layers up to 256 x 256 "
+                               "weights, without dropout or L1/L2"},
+                "fused_optimizer": {"live": self.adam is not None, "reason": None if self.adam is not None else why}}
 
     # np.dot has ~0.5 us less overhead per call than np.matmul on 2-D operands (same BLAS GEMM)
     def matmul(self, a, b, out):

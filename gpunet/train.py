@@ -244,7 +244,8 @@ def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size,
     # every training launch goes to one stream (the graph's when graphs are on: replays stay ordered with
     # the eager work); overflow inside an epoch is reported once, as DivergenceError, not as warnings
     with backend.activate(), trainer.stream(), _stop_on_sigint() as interrupted, np.errstate(all="ignore"), \
-            _log_handler(verbose):
+            _log_handler(verbose), contextlib.ExitStack() as finish:
+        finish.callback(trainer.finish)
         cbs.begin()
         cbs.on_train_begin()
         final_epoch = model.epochs_trained + epochs
@@ -277,6 +278,7 @@ def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size,
     if reducer is not None:
         trainer.history.distributed = reducer.stats()
     trainer.history.cuda_graph = trainer.graph_summary()
+    trainer.history.fast_paths = backend.ops.status()
     model.history = trainer.history
     return trainer.history
 
@@ -339,22 +341,38 @@ class _Trainer:
         self.opt.bind(self.model.params)
         self.ws = self.model._workspace(self.B)
         self.snapshot = _Snapshot(self.model, self.opt)
-        self.graph = None
+        self.graph = self.graph_stream = None
         self.graph_required = cuda_graph == "require"
         self.graph_report = {"requested": bool(cuda_graph), "replays": 0, "captures": 0, "fallback": None}
         if self.graph_required and not (self.model.backend.is_gpu and not self.model.dropout):
             raise RuntimeError("cuda_graph='require' needs a CUDA device and no dropout; this model is on "
                                f"{self.model.device} with dropout={self.model.dropout}")
         if cuda_graph and self.model.backend.is_gpu and not self.model.dropout:
+            # the first request in a process checks capture against eager training (kernels.CupyOps.check_graphs)
+            reason = self.model.backend.ops.check_graphs()
+            if reason is not None:
+                self.graph_report["fallback"] = reason
+                if self.graph_required:
+                    raise RuntimeError(f"cuda_graph='require': CUDA graphs are off on {self.model.device}: {reason}")
+                log.info("gpunet: CUDA graphs are off on %s (%s); training with eager launches", self.model.device,
+                         reason)
+                return
             from gpunet import kernels  # noqa: PLC0415  (GPU only)
 
             self.graph = kernels.GraphStep(self)
+            self.graph_stream = self.graph.stream
         elif cuda_graph:
             log.info("gpunet: CUDA graphs need a CUDA device and no dropout; training with eager launches")
 
     def stream(self):
         """The stream every training launch goes to (the graph's, when graphs are on)."""
-        return self.graph.stream if getattr(self, "graph", None) is not None else contextlib.nullcontext()
+        return self.graph_stream if getattr(self, "graph_stream", None) is not None else contextlib.nullcontext()
+
+    def finish(self):
+        """Wait for the graph stream's queued work (the last replays, rollback copies) before ``fit``
+        returns: later reads on the default stream do not synchronise with a non-blocking stream."""
+        if getattr(self, "graph_stream", None) is not None:
+            self.graph_stream.synchronize()
 
     def step(self, rows, r, weight=None):
         """One eager optimizer step on the batch ``rows`` (r of them); returns (loss, correct).

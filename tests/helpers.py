@@ -46,10 +46,12 @@ def assert_png(path, min_bytes=2000):
     assert img[..., :3].std() > 0.01, f"{path} is blank"
 
 
-def assert_graph_training_equals_eager(device, layers, make_opt, X, y, steps, rtol, atol, schedule=True):
+def assert_graph_training_equals_eager(device, layers, make_opt, X, y, steps, rtol, atol, schedule=True,
+                                      require_replay=False):
     """Train 3 epochs of batch 16 eagerly and with CUDA graphs on ``device``; the step counts, loss
     histories and weights must agree. ``schedule``: halve lr every epoch (the graph is recaptured);
-    without it one graph serves all epochs, across the eager partial batches."""
+    without it one graph serves all epochs, across the eager partial batches. No replay is an expected
+    failure (never a pass), or a failure with ``require_replay``."""
     import gpunet as gn
 
     runs = {}
@@ -64,6 +66,7 @@ def assert_graph_training_equals_eager(device, layers, make_opt, X, y, steps, rt
     if report["replays"] == 0:  # never a silent pass: eager equals eager
         import pytest
 
+        assert not require_replay, f"no CUDA graph was replayed: {report['fallback']}"
         pytest.xfail(f"no CUDA graph was replayed: {report['fallback']}")
     assert he.cuda_graph == {"requested": False, "replays": 0, "captures": 0, "fallback": None}
     assert eager.optimizer.step_count == graphed.optimizer.step_count == steps

@@ -1,5 +1,8 @@
 """Device resolution, including the CUDA branches a CPU machine can only reach by monkeypatching."""
+import contextlib
 import logging
+import os
+import sys
 import types
 
 import numpy as np
@@ -41,7 +44,7 @@ def fake_cupy(monkeypatch, available=True, smoke_error=None, count=1):
 
     cuda = types.SimpleNamespace(is_available=lambda: available, Device=Device,
                                  runtime=types.SimpleNamespace(getDeviceCount=lambda: count))
-    mod = types.SimpleNamespace(cuda=cuda, arange=arange, float32="float32")
+    mod = types.SimpleNamespace(cuda=cuda, arange=arange, float32="float32", float64="float64")
     monkeypatch.setattr(backend, "_import_cupy", lambda: mod)
 
 
@@ -154,3 +157,64 @@ def test_installed_cupy_arrays_lack_the_hook_or_resolve_to_cupy():
     assert cupy.ndarray.__module__.partition(".")[0] == "cupy"
     if hasattr(cupy.ndarray, "__array_namespace__"):
         pytest.skip("this CuPy implements __array_namespace__")
+
+
+def test_the_device_probe_does_not_fix_cupys_tf32_mode(monkeypatch):
+    """CuPy fixes the float32 compute type at its first float32 GEMM (cupy/_core/_routines_linalg.pyx,
+    get_compute_type): the probe multiplies float64 matrices only."""
+    seen = []
+
+    class Arr:
+        def __init__(self, v):
+            self.v = np.asarray(v)
+
+        def __mul__(self, k):
+            return Arr(self.v * k)
+
+        def __add__(self, k):
+            return Arr(self.v + k)
+
+        def reshape(self, *s):
+            return Arr(self.v.reshape(*s))
+
+        def __matmul__(self, o):
+            seen.append(self.v.dtype)
+            return Arr(self.v @ o.v)
+
+        def sum(self):
+            return Arr(self.v.sum())
+
+        def get(self):
+            return self.v
+
+    def arange(n, dtype):
+        return Arr(np.arange(n, dtype=dtype))
+    props = {"name": b"Fake GPU"}
+    cuda = types.SimpleNamespace(is_available=lambda: True, Device=lambda i=0: contextlib.nullcontext(),
+                                 runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
+                                                               getDeviceProperties=lambda i: props))
+    monkeypatch.setattr(backend, "_import_cupy", lambda: types.SimpleNamespace(
+        cuda=cuda, arange=arange, float32=np.float32, float64=np.float64))
+    backend.cuda_status.cache_clear()
+    try:
+        assert backend.cuda_status(0) == (True, "Fake GPU")
+    finally:
+        backend.cuda_status.cache_clear()
+    assert seen == [np.float64]
+
+
+def test_set_tf32_sets_cupys_compute_type_once_cupy_is_imported(monkeypatch):
+    calls = []
+    linalg = types.SimpleNamespace(COMPUTE_TYPE_DEFAULT=1, COMPUTE_TYPE_TF32=7, state={np.float32: 1})
+    linalg.set_compute_type = lambda dtype, ct: calls.append((dtype, ct)) or linalg.state.__setitem__(dtype, ct)
+    linalg.get_compute_type = lambda dtype: linalg.state[dtype]
+    core = types.SimpleNamespace(_routines_linalg=linalg)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(_core=core))
+    monkeypatch.setitem(sys.modules, "cupy._core", core)
+    monkeypatch.setitem(sys.modules, "cupy._core._routines_linalg", linalg)
+    monkeypatch.setenv("CUPY_TF32", "0")
+    assert backend.tf32_effective() is False
+    backend.set_tf32(True)
+    assert calls == [(np.float32, 7)] and backend.tf32_effective() is True and os.environ["CUPY_TF32"] == "1"
+    backend.set_tf32(False)
+    assert backend.tf32_effective() is False

@@ -4,21 +4,29 @@
 launch's arguments against the ``__global__`` signatures parsed from ``kernels.cu`` (pointer vs scalar,
 ``T`` vs ``int`` vs ``long long``, dtype, contiguity: a wrong scalar type would silently corrupt a real
 launch) and (2) execute the kernel's semantics in NumPy. Whole training runs through that path must then
-equal the CPU backend. The kernels' own arithmetic is checked by ``test_kernels.py`` (nvcc host harness)
-and on a GPU by ``test_gpu.py``.
+equal the CPU backend. The fake CuPy counts kernel launches (fused kernels, GEMMs, CuPy's own kernels and
+copies), models CuPy 14.2's refusal of cuBLAS during stream capture, and a fake libcublas executes the
+C-API GEMMs of ``gpunet/cublas.py`` on the arrays' raw memory (column-major, as cuBLAS). Failures of each
+fast path are injected to check the self-check's fallback. The kernels' own arithmetic is checked by
+``test_kernels.py`` (nvcc host harness) and on a GPU by ``test_gpu.py``.
 """
+import ctypes
+import itertools
+import logging
 import re
+import types
 
 import numpy as np
 import pytest
 
 import gpunet as gn
-from gpunet import activations, backend, kernels
+from gpunet import activations, backend, cublas, kernels
 
 from helpers import assert_graph_training_equals_eager
 
 CODE_TO_ACT = {v: k for k, v in kernels.ACT_CODES.items()}
-SCALARS = {"int": np.int32, "long long": np.int64, "double": np.float64, "float": np.float32}
+SCALARS = {"int": np.int32, "long long": np.int64, "unsigned long long": np.uint64, "double": np.float64,
+           "float": np.float32}
 
 
 def parse_signatures():
@@ -64,13 +72,13 @@ def softmax_xent(z, y, a, delta, row_loss, rows, k, inv_n):
     A = activations.softmax(Z)
     a.reshape(rows, k)[...] = A
     delta.reshape(rows, k)[...] = (A - Y) * inv_n
-    row_loss[...] = -np.sum(Y * gn.losses.log_softmax(Z), axis=1)
+    row_loss[...] = -np.sum(Y * gn.losses.log_softmax(Z), axis=1) * inv_n
 
 
 def sigmoid_xent(z, y, a, delta, loss, n, inv_n):
     a[...] = activations.sigmoid(z)
     delta[...] = (a - y) * inv_n
-    loss[...] = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+    loss[...] = (np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))) * inv_n
 
 
 def sgd_update(p, g, buf, n, lr, mom, damp, wd, nesterov, first):
@@ -87,6 +95,21 @@ def adam_dev(p, g, m, v, vmax, n, hp, ams, dec):
     adam_update(p, g, m, v, vmax, lr, b1, b2, eps, wd, lr / (1 - b1 ** t), np.sqrt(1 - b2 ** t), ams, dec)
 
 
+def splitmix_uniform(seed, n):
+    """kernels.cu gn_uniform in Python integers (independent of kernels.dropout_reference)."""
+    out = np.empty(n)
+    for i in range(n):
+        x = (seed + (i + 1) * 0x9E3779B97F4A7C15) % 2 ** 64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2 ** 64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2 ** 64
+        out[i] = (x ^ (x >> 31)) >> 11
+    return out / 2.0 ** 53
+
+
+def dropout(out, n, seed, rate, scale):
+    out[...] = np.where(splitmix_uniform(seed, n) >= rate, scale, 0.0)
+
+
 SEMANTICS = {
     "gn_bias_act": lambda z, b, n, cols, act: z.__setitem__(Ellipsis, _act(z.reshape(-1, cols) + b, act).reshape(-1)),
     "gn_activation": lambda z, a, n, act: a.__setitem__(Ellipsis, _act(z, act)),
@@ -98,7 +121,33 @@ SEMANTICS = {
     "gn_sgd": sgd_update,
     "gn_softmax_xent": softmax_xent,
     "gn_sigmoid_xent_k": sigmoid_xent,
+    "gn_dropout": dropout,
 }
+
+
+class Counter:
+    """Device work seen by the fake CuPy: every kernel launch (fused kernels, GEMMs through CuPy or the
+    C-API, CuPy functions and array operators, copies into arrays). Work done inside one counted call
+    (a fake kernel's NumPy semantics, a CuPy function's internals) is not counted again."""
+
+    def __init__(self):
+        self.n = 0
+        self.depth = 0
+        self.names = []
+
+    def count(self, name):
+        if self.depth == 0:
+            self.n += 1
+            self.names.append(name)
+
+    def __enter__(self):
+        self.depth += 1
+
+    def __exit__(self, *exc):
+        self.depth -= 1
+
+
+LAUNCHES = Counter()
 
 
 class FakeKernel:
@@ -123,15 +172,21 @@ class FakeKernel:
                 assert type(arg) is expected, f"{where}: {type(arg).__name__} passed for {ctype}"
                 flat.append(arg.item())
         assert grid[0] >= 1 and block[0] == (1 if self.base == "gn_tick" else kernels.BLOCK)
+        LAUNCHES.count(self.base)
         self.log.append(self.base)
-        SEMANTICS[self.base](*flat)
+        if RefusingCupy.capturing:  # a capture records the launch; it runs at the replays
+            return
+        with LAUNCHES:
+            SEMANTICS[self.base](*flat)
 
 
 class FakeModule:
-    def __init__(self, log):
+    def __init__(self, log, semantics=None):
         self.log = log
+        self.fetched = 0
 
     def get_function(self, name):
+        self.fetched += 1
         if "<" in name:
             assert name in kernels.NAME_EXPRESSIONS, f"{name} is not instantiated by name_expressions"
             T = name[name.index("<") + 1:-1]
@@ -153,20 +208,70 @@ class FakeDevice:
         pass
 
 
+_stream_ids = itertools.count(0x7000)
+
+
+class FakeStream(FakeDevice):
+    """cupy.cuda.Stream: a pointer, wait_event, synchronize (recorded), and being current (with)."""
+
+    def __init__(self, non_blocking=False):
+        self.ptr = next(_stream_ids)
+        self.non_blocking = non_blocking
+        self.waited = []
+        self.synchronized = 0
+
+    def wait_event(self, event):
+        self.waited.append(event)
+
+    def synchronize(self):
+        self.synchronized += 1
+
+
+class FakeEvent:
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self.recorded = False
+
+    def record(self, stream=None):
+        self.recorded = True
+
+
 class FakeCupyArray(np.ndarray):
     """Like CuPy 14's ndarray where it matters here: defined in a ``cupy`` module, and without the
-    Array-API ``__array_namespace__`` hook (so the maths must find its namespace another way)."""
+    Array-API ``__array_namespace__`` hook (so the maths must find its namespace another way). Its
+    operators and copies into it count as kernel launches."""
 
     @property
     def __array_namespace__(self):
         raise AttributeError("CuPy arrays have no __array_namespace__")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        LAUNCHES.count(f"{ufunc.__name__}.{method}" if method != "__call__" else ufunc.__name__)
+        with LAUNCHES:
+            args = [a.view(np.ndarray) if isinstance(a, FakeCupyArray) else a for a in inputs]
+            if "out" in kwargs:
+                kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, FakeCupyArray) else o for o in kwargs["out"])
+            out = getattr(ufunc, method)(*args, **kwargs)
+        if isinstance(out, np.ndarray) and type(out) is np.ndarray:
+            return out.view(FakeCupyArray)
+        return out
+
+    def __setitem__(self, key, value):
+        LAUNCHES.count("copy")
+        with LAUNCHES:
+            np.ndarray.__setitem__(self.view(np.ndarray), key, value)
 
 
 FakeCupyArray.__module__ = "cupy._fake"
 
 
 class FakeCupy:
-    """NumPy, returning FakeCupyArray wherever NumPy returns an ndarray."""
+    """NumPy, returning FakeCupyArray wherever NumPy returns an ndarray, counting each call as a launch,
+    with the parts of ``cupy.cuda`` that gpunet uses."""
+
+    def __init__(self):
+        self.current_stream = FakeStream()
+        self.cuda = types.SimpleNamespace(Stream=FakeStream, Event=FakeEvent,
+                                          get_current_stream=lambda: self.current_stream)
 
     def __getattr__(self, name):
         attr = getattr(np, name)
@@ -174,22 +279,112 @@ class FakeCupy:
             return attr
 
         def wrapped(*args, **kwargs):
-            out = attr(*args, **kwargs)
+            LAUNCHES.count(name)
+            with LAUNCHES:
+                out = attr(*args, **kwargs)
             return out.view(FakeCupyArray) if type(out) is np.ndarray else out
         return wrapped
 
 
+class FakeCublasLib:
+    """libcublas's C API on host memory: the GEMMs read and write the arrays' raw memory as column-major
+    matrices with the given leading dimensions, so a wrong m/n/k, lda or transpose gives wrong numbers.
+    Checks the handle protocol: the workspace must be set after the stream (SetStream resets it)."""
+
+    def __init__(self):
+        self.handles = 0
+        self.stream = None
+        self.workspace = None
+        self.gemms = []  # (stream pointer, capturing) per call
+
+    def cublasCreate_v2(self, handle_ref):
+        self.handles += 1
+        handle_ref._obj.value = 0xC0B1A5
+        return 0
+
+    def cublasDestroy_v2(self, handle):
+        return 0
+
+    def cublasSetMathMode(self, handle, mode):
+        assert mode in (cublas.DEFAULT_MATH, cublas.TF32_TENSOR_OP_MATH)
+        return 0
+
+    def cublasSetStream_v2(self, handle, stream):
+        self.stream, self.workspace = stream.value, None
+        return 0
+
+    def cublasSetWorkspace_v2(self, handle, ptr, size):
+        assert size == cublas.WORKSPACE_BYTES and ptr.value
+        self.workspace = ptr.value
+        return 0
+
+    def _gemm(self, ctype, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+        assert self.workspace is not None, "cublasSetWorkspace_v2 must follow cublasSetStream_v2"
+        self.gemms.append((self.stream, RefusingCupy.capturing))
+        if RefusingCupy.capturing:  # recorded, not run (the replays run it)
+            return 0
+
+        def matrix(ptr, rows, cols, ld):
+            assert ld >= max(1, rows)
+            size = (cols - 1) * ld + rows
+            flat = np.ctypeslib.as_array(ctypes.cast(ptr.value, ctypes.POINTER(ctype)), shape=(size,))
+            return np.lib.stride_tricks.as_strided(flat, shape=(rows, cols), strides=(flat.itemsize, ld * flat.itemsize))
+        a = matrix(A, *((m, k) if transa == cublas.OP_N else (k, m)), lda)
+        b = matrix(B, *((k, n) if transb == cublas.OP_N else (n, k)), ldb)
+        c = matrix(C, m, n, ldc)
+        opa = a if transa == cublas.OP_N else a.T
+        opb = b if transb == cublas.OP_N else b.T
+        c[...] = alpha._obj.value * (opa @ opb) + (beta._obj.value * c if beta._obj.value else 0.0)
+        return 0
+
+    def cublasSgemm_v2(self, *args):
+        return self._gemm(ctypes.c_float, *args)
+
+    def cublasDgemm_v2(self, *args):
+        return self._gemm(ctypes.c_double, *args)
+
+
+class RefusingCupy(FakeCupy):
+    """CuPy 14.2 during stream capture: every cuBLAS call raises (cupy_backends/cuda/libs/cublas.pyx,
+    setStream: NotImplementedError('calling cuBLAS API during stream capture is currently unsupported'))."""
+
+    capturing = False
+
+    def __getattr__(self, name):
+        attr = super().__getattr__(name)
+        if name in ("matmul", "dot") and callable(attr):
+            def guarded(*args, **kwargs):
+                if RefusingCupy.capturing:
+                    raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+                return attr(*args, **kwargs)
+            return guarded
+        return attr
+
+
+def host_pointer(a):
+    return a.ctypes.data
+
+
 @pytest.fixture
-def fake_cuda(monkeypatch):
-    """A 'cuda:0' backend whose arrays are NumPy-backed stand-ins for CuPy's and whose kernels are the
-    checked fakes above."""
+def fake_cuda(monkeypatch, caplog):
+    """A 'cuda:0' backend whose arrays are NumPy-backed stand-ins for CuPy's (refusing cuBLAS during
+    capture, as CuPy 14.2), whose kernels are the checked fakes above and whose libcublas is the fake
+    above. The self-check runs (and must pass: no warning) before the test sees the backend; its launches
+    are not in ``be.launched``."""
     log = []
-    xp = FakeCupy()
-    monkeypatch.setattr(kernels, "_module", lambda device_id: FakeModule(log))
+    xp = RefusingCupy()
+    lib = FakeCublasLib()
+    module = FakeModule(log)
+    monkeypatch.setattr(kernels, "_module", lambda device_id: module)
+    monkeypatch.setattr(kernels, "make_gemm", lambda be: cublas.Gemm(be.xp, lib=lib, pointer=host_pointer))
     monkeypatch.setattr(backend, "_import_cupy", lambda: xp)
     monkeypatch.setattr(backend.Backend, "to_host", lambda self, a: np.array(a, copy=True).view(np.ndarray))
     be = backend.Backend("cuda:0", xp, "cupy", device=FakeDevice())
-    be.launched = log
+    be.launched, be.cublas, be.module = log, lib, module
+    with caplog.at_level(logging.WARNING, logger="gpunet"):
+        assert all(v["live"] is not False for v in be.ops.status().values()), be.ops.status()
+    assert "self-check" not in caplog.text
+    log.clear()
     return be
 
 
@@ -262,43 +457,58 @@ def test_a_wrong_scalar_type_is_caught(fake_cuda):
         ops._launch("gn_bias_act", z, z.size, z, np.zeros(3), np.int32(z.size), np.int32(3), np.int32(1))
 
 
-class FakeStream(FakeDevice):
-    pass
-
-
 class FakeGraph:
-    """Replays by re-running the captured body (real graphs replay the recorded launches)."""
+    """Replays by re-running the captured body, counted as one launch (real graphs replay the recorded
+    launches)."""
 
     def __init__(self, body):
         self.body = body
 
     def launch(self, stream=None):
-        self.body()
+        LAUNCHES.count("graph")
+        with LAUNCHES:
+            self.body()
+
+
+def fake_capture(stream, body):
+    """kernels.capture_graph on the fake: the body runs while the stream 'captures', so CuPy's GEMMs
+    raise as in CuPy 14.2, and the fused kernels and C-API GEMMs are recorded without running (CuPy's
+    other operations only touch scratch buffers then)."""
+    RefusingCupy.capturing = True
+    try:
+        body()
+    finally:
+        RefusingCupy.capturing = False
+    return FakeGraph(body), None
 
 
 @pytest.fixture
-def fake_graphs(fake_cuda, monkeypatch):
-    monkeypatch.setattr(kernels, "new_stream", FakeStream)
-    monkeypatch.setattr(kernels, "capture_graph", lambda stream, body: (FakeGraph(body), None))
+def fake_graphs(monkeypatch, caplog):
+    monkeypatch.setattr(kernels, "capture_graph", fake_capture)
+    return None
+
+
+@pytest.fixture
+def graphs(fake_graphs, fake_cuda):
     return fake_cuda
 
 
 @pytest.mark.parametrize("make_opt", [lambda: gn.Adam(lr=1e-2), lambda: gn.AdamW(lr=1e-2, amsgrad=True),
                                       lambda: gn.SGD(lr=0.05, momentum=0.9)])
 @pytest.mark.parametrize("schedule", [True, False])
-def test_graph_step_bookkeeping_matches_eager_training(fake_graphs, make_opt, schedule, rng):
+def test_graph_step_bookkeeping_matches_eager_training(graphs, make_opt, schedule, rng):
     """Warm-up, the device-side Adam step count, recapture when the schedule changes lr, the eager
-    last batch, and step counting: graph mode must train exactly like eager mode."""
+    last batch, and step counting: graph mode must train exactly like eager mode (and really replay)."""
     X = rng.standard_normal((100, 6))
     y = rng.integers(0, 3, 100)
-    assert_graph_training_equals_eager(fake_graphs, [6, 8, 3], make_opt, X, y, steps=3 * 7, rtol=1e-12, atol=1e-14,
-                                       schedule=schedule)
+    assert_graph_training_equals_eager(graphs, [6, 8, 3], make_opt, X, y, steps=3 * 7, rtol=1e-12, atol=1e-14,
+                                       schedule=schedule, require_replay=True)
 
 
-def test_graph_is_recaptured_after_a_rollback(fake_graphs, rng, monkeypatch):
+def test_graph_is_recaptured_after_a_rollback(graphs, rng, monkeypatch):
     X = rng.standard_normal((64, 4))
     y = rng.integers(0, 2, 64)
-    net = gn.MLP([4, 8, 2], "relu", "softmax", device=fake_graphs, dtype="float64", seed=0)
+    net = gn.MLP([4, 8, 2], "relu", "softmax", device=graphs, dtype="float64", seed=0)
     net.fit(X, y, epochs=1, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0, cuda_graph=True)
     from gpunet import train
     captured = []
@@ -315,61 +525,83 @@ def test_graph_is_recaptured_after_a_rollback(fake_graphs, rng, monkeypatch):
     assert trainer.graph.graph is None and trainer.graph.hp is None
 
 
-class RefusingCupy(FakeCupy):
-    """CuPy 14.2 during stream capture: every cuBLAS call raises (cupy_backends/cuda/libs/cublas.pyx,
-    setStream: NotImplementedError('calling cuBLAS API during stream capture is currently unsupported'))."""
-
-    capturing = False
-
-    def __getattr__(self, name):
-        attr = super().__getattr__(name)
-        if name in ("matmul", "dot") and callable(attr):
-            def guarded(*args, **kwargs):
-                if RefusingCupy.capturing:
-                    raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
-                return attr(*args, **kwargs)
-            return guarded
-        return attr
-
-
-@pytest.fixture
-def refusing_graphs(fake_cuda, monkeypatch):
-    xp = RefusingCupy()
-    fake_cuda.xp = xp
-    monkeypatch.setattr(backend, "_import_cupy", lambda: xp)
-    monkeypatch.setattr(kernels, "new_stream", FakeStream)
-
-    def capture(stream, body):
-        RefusingCupy.capturing = True
-        try:
-            body()
-        finally:
-            RefusingCupy.capturing = False
-        return FakeGraph(body), None
-    monkeypatch.setattr(kernels, "capture_graph", capture)
-    return fake_cuda
-
-
-def test_refused_capture_is_reported_once_and_training_stays_exact(refusing_graphs, rng, caplog):
+def test_capture_issues_its_gemms_through_the_cublas_c_api(graphs, rng, caplog):
+    """Under CuPy 14.2's refusal the step still captures: its GEMMs go through gpunet.cublas on the graph's
+    stream (with the workspace set after the stream), and the graph replays."""
     X = rng.standard_normal((100, 6))
     y = rng.integers(0, 3, 100)
-    eager = gn.MLP([6, 8, 3], "relu", "softmax", device=refusing_graphs, dtype="float64", seed=3)
-    he = eager.fit(X, y, epochs=2, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0)
-    net = gn.MLP([6, 8, 3], "relu", "softmax", device=refusing_graphs, dtype="float64", seed=3)
-    hist = net.fit(X, y, epochs=2, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0, cuda_graph=True)
-    report = hist.cuda_graph
-    assert report["requested"] and report["replays"] == 0 and "cuBLAS API during stream capture" in report["fallback"]
-    assert caplog.text.count("CUDA graph capture failed") == 1
-    np.testing.assert_allclose(hist.history["loss"], he.history["loss"], rtol=1e-12)
+    net = gn.MLP([6, 8, 7, 3], "relu", "softmax", device=graphs, dtype="float32", seed=3)
+    assert graphs.ops.check_graphs() is None  # the once-per-process check (its own small captures)
+    graphs.cublas.gemms.clear()
+    report = net.fit(X, y, epochs=2, batch_size=16, verbose=0, cuda_graph=True).cuda_graph
+    assert report == {"requested": True, "replays": 2 * 6 - 3, "captures": 1, "fallback": None}
+    # one capture of a 3-layer step: 3 forward, 3 weight-gradient and 2 delta GEMMs, all while capturing
+    assert len(graphs.cublas.gemms) == 8 and all(capturing for _, capturing in graphs.cublas.gemms)
+    assert len({stream for stream, _ in graphs.cublas.gemms}) == 1
+    status = kernels.fast_path_status()["cuda:0"]
+    assert status["cublas_gemm"] == status["graph_capture"] == {"live": True, "reason": None}
+    assert "CUDA graph" not in caplog.text
 
 
-def test_require_raises_when_the_capture_is_refused(refusing_graphs, rng):
+def test_the_graph_stream_waits_for_the_uploads_and_is_synchronised_before_fit_returns(graphs, rng, monkeypatch):
     X = rng.standard_normal((64, 6))
     y = rng.integers(0, 3, 64)
-    net = gn.MLP([6, 8, 3], "relu", "softmax", device=refusing_graphs, dtype="float64", seed=3)
-    with pytest.raises(RuntimeError, match="cuda_graph='require'.*cuBLAS"):
-        net.fit(X, y, epochs=1, batch_size=16, verbose=0, cuda_graph="require")
-    assert net.epochs_trained == 0
+    assert graphs.ops.check_graphs() is None
+    streams = []
+    real_new_stream = kernels.new_stream
+    monkeypatch.setattr(kernels, "new_stream", lambda xp: streams.append(real_new_stream(xp)) or streams[-1])
+    net = gn.MLP([6, 8, 3], "relu", "softmax", device=graphs, dtype="float64", seed=3)
+    net.fit(X, y, epochs=1, batch_size=16, verbose=0, cuda_graph=True)
+    (stream,) = streams
+    assert stream.non_blocking and len(stream.waited) == 1 and stream.waited[0].recorded
+    assert stream.synchronized == 1
+
+    class Boom(gn.callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            if batch == 3:
+                raise RuntimeError("boom")
+    streams.clear()
+    before = net.get_weights()
+    with pytest.raises(RuntimeError, match="boom"):
+        net.fit(X, y, epochs=1, batch_size=16, verbose=0, cuda_graph=True, callbacks=[Boom()])
+    assert streams[0].synchronized == 1  # the rollback's copies are waited for before fit raises
+    for a, b in zip(before, net.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_capture_that_calls_cupys_cublas_is_refused_and_reported_once(graphs, rng, caplog, monkeypatch):
+    """A regression to CuPy's GEMMs inside the capture is caught by the graph self-check: graphs are off
+    for the process with one warning, fit says why, training stays exact."""
+    monkeypatch.setattr(kernels.CupyOps, "_captured_gemm",
+                        lambda self, a, b, out, ta, tb: self.xp.matmul(a.T if ta else a, b.T if tb else b, out=out))
+    X = rng.standard_normal((100, 6))
+    y = rng.integers(0, 3, 100)
+    eager = gn.MLP([6, 8, 3], "relu", "softmax", device=graphs, dtype="float64", seed=3)
+    he = eager.fit(X, y, epochs=2, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0)
+    for _ in range(2):
+        net = gn.MLP([6, 8, 3], "relu", "softmax", device=graphs, dtype="float64", seed=3)
+        hist = net.fit(X, y, epochs=2, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0, cuda_graph=True)
+        report = hist.cuda_graph
+        assert report["requested"] and report["replays"] == 0
+        assert "graph_capture" in report["fallback"] and "cuBLAS API during stream capture" in report["fallback"]
+        np.testing.assert_allclose(hist.history["loss"], he.history["loss"], rtol=1e-12)
+    assert caplog.text.count("self-check") == 1 and "graph_capture" in caplog.text
+    assert kernels.fast_path_status()["cuda:0"]["graph_capture"]["live"] is False
+    with pytest.raises(RuntimeError, match="cuda_graph='require'.*cuBLAS API during stream capture"):
+        gn.MLP([6, 8, 3], "relu", "softmax", device=graphs, seed=3).fit(X, y, verbose=0, cuda_graph="require")
+
+
+def test_without_libcublas_graphs_fall_back_with_the_reason(graphs, rng, caplog, monkeypatch):
+    def missing(be):
+        raise OSError("cannot load libcublas (libcublas.so.13: cannot open shared object file)")
+    monkeypatch.setattr(kernels, "make_gemm", missing)
+    X = rng.standard_normal((64, 6))
+    y = rng.integers(0, 3, 64)
+    hist = gn.MLP([6, 8, 3], "relu", "softmax", device=graphs, seed=3).fit(X, y, verbose=0, cuda_graph=True)
+    assert hist.cuda_graph["replays"] == 0 and "cannot load libcublas" in hist.cuda_graph["fallback"]
+    status = kernels.fast_path_status()["cuda:0"]
+    assert status["cublas_gemm"]["live"] is False and status["graph_capture"]["live"] is False
+    assert caplog.text.count("self-check") == 1
 
 
 def test_require_on_the_cpu_raises():
@@ -378,10 +610,279 @@ def test_require_on_the_cpu_raises():
         net.fit(np.zeros((4, 2)), np.zeros(4), verbose=0, cuda_graph="require")
 
 
-def test_graph_replays_are_counted(fake_graphs, rng):
+def test_graph_replays_are_counted(graphs, rng):
     X = rng.standard_normal((100, 6))
     y = rng.integers(0, 3, 100)
-    net = gn.MLP([6, 8, 3], "relu", "softmax", device=fake_graphs, dtype="float64", seed=3)
+    net = gn.MLP([6, 8, 3], "relu", "softmax", device=graphs, dtype="float64", seed=3)
     report = net.fit(X, y, epochs=3, batch_size=16, verbose=0, cuda_graph=True).cuda_graph
     # 6 full batches per epoch: 3 eager warm-up steps, then every full batch replays (one capture)
     assert report == {"requested": True, "replays": 3 * 6 - 3, "captures": 1, "fallback": None}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The self-check: each fast path that fails to compile, launch or match is off, with one warning naming it.
+def _train_pair(device, rng, **fit):
+    """The same network trained on the CPU and on ``device``; returns both histories and nets."""
+    X = rng.standard_normal((60, 5))
+    y = rng.integers(0, 3, 60)
+    out = []
+    for dev in ("cpu", device):
+        net = gn.MLP([5, 9, 7, 3], "tanh", "softmax", device=dev, dtype="float64", seed=2)
+        out.append((net, net.fit(X, y, epochs=2, batch_size=16, verbose=0, **fit)))
+    return out
+
+
+def _assert_same_training(pair):
+    (cpu, hc), (gpu, hg) = pair
+    np.testing.assert_allclose(hg.history["loss"], hc.history["loss"], rtol=1e-10)
+    for a, b in zip(cpu.get_weights(), gpu.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+
+
+def _fresh_backend(monkeypatch, module):
+    """A new cuda:0 backend (its self-check runs on first use) whose kernels come from ``module``."""
+    monkeypatch.setattr(kernels, "_module", lambda device_id: module)
+    return backend.Backend("cuda:0", RefusingCupy(), "cupy", device=FakeDevice())
+
+
+def test_a_kernel_module_that_fails_to_compile_switches_every_kernel_off(fake_cuda, monkeypatch, caplog, rng):
+    class Broken:
+        def get_function(self, name):
+            raise RuntimeError("CompileException: nvrtc: error: identifier \"gn_exp\" is undefined\nmore")
+    be = _fresh_backend(monkeypatch, Broken())
+    with caplog.at_level(logging.WARNING, logger="gpunet"):
+        status = be.ops.status()
+    kernel_paths = [p for p in kernels.FAST_PATHS if p not in kernels.GRAPH_PATHS]
+    for path in kernel_paths:
+        assert status[path]["live"] is False and "nvrtc" in status[path]["reason"], path
+    assert caplog.text.count("failed the self-check") == 1
+    assert all(path in caplog.text for path in kernel_paths)
+    assert be.ops.adam is None and be.ops.sgd is None  # optimizers use their reference maths
+    _assert_same_training(_train_pair(be, rng, optimizer=gn.Adam(lr=1e-2)))
+    _assert_same_training(_train_pair(be, rng, optimizer=gn.SGD(lr=0.05, momentum=0.9)))
+    assert kernels.fast_path_status()["cuda:0"]["bias_activation"]["live"] is False
+    hist = gn.MLP([5, 4, 3], "relu", "softmax", device=be, seed=0).fit(rng.standard_normal((8, 5)),
+                                                                       rng.integers(0, 3, 8), verbose=0)
+    assert hist.fast_paths["softmax_xent"]["live"] is False
+
+
+@pytest.mark.parametrize("kernel,path,output", [
+    ("gn_act_backward", "activation_backward", 0), ("gn_bias_act", "bias_activation", 0),
+    ("gn_softmax_xent", "softmax_xent", 2), ("gn_adam", "adam", 0), ("gn_sigmoid_xent_k", "sigmoid_xent", 2),
+    ("gn_sgd", "sgd", 0), ("gn_dropout", "dropout", 0), ("gn_activation", "activation", 1), ("gn_scale", "scale", 0),
+    ("gn_adam_dev", "adam_device", 0)])
+def test_a_kernel_with_wrong_numbers_is_switched_off_alone(fake_cuda, monkeypatch, caplog, rng, kernel, path, output):
+    """One kernel computes a slightly wrong result: only its path goes off, the warning names it, training
+    never launches it and still equals the CPU."""
+    right = SEMANTICS[kernel]
+
+    def wrong(*args):
+        right(*args)
+        args[output][1] += 1e-3  # one element of an output off
+    monkeypatch.setitem(SEMANTICS, kernel, wrong)
+    log = []
+    be = _fresh_backend(monkeypatch, FakeModule(log))
+    with caplog.at_level(logging.WARNING, logger="gpunet"):
+        status = be.ops.status()
+    assert [p for p, st in status.items() if st["live"] is False] == [path]
+    assert caplog.text.count("failed the self-check") == 1 and f"{path} (" in caplog.text
+    log.clear()
+    if path in ("sigmoid_xent", "activation"):
+        X = rng.standard_normal((40, 4))
+        y = rng.uniform(0, 1, (40, 3))
+        nets = [gn.MLP([4, 6, 3], "relu", "sigmoid", device=d, dtype="float64", seed=1) for d in ("cpu", be)]
+        hists = [n.fit(X, y, epochs=2, batch_size=8, verbose=0,
+                       loss="binary_cross_entropy" if path == "sigmoid_xent" else "mse") for n in nets]
+        np.testing.assert_allclose(hists[1].history["loss"], hists[0].history["loss"], rtol=1e-10)
+    elif path == "sgd":
+        _assert_same_training(_train_pair(be, rng, optimizer=gn.SGD(lr=0.05, momentum=0.9)))
+    elif path in ("dropout", "scale"):
+        X = rng.standard_normal((40, 4))
+        y = rng.integers(0, 3, 40)
+        nets = [gn.MLP([4, 6, 3], "relu", "softmax", device=be, dtype="float64", seed=1, dropout=0.3) for _ in "ab"]
+        hists = [n.fit(X, y, epochs=2, batch_size=8, verbose=0) for n in nets]
+        assert hists[0].history["loss"] == hists[1].history["loss"]  # the reference masks are reproducible too
+    elif path != "adam_device":
+        _assert_same_training(_train_pair(be, rng, optimizer=gn.Adam(lr=1e-2)))
+    assert kernel not in log
+
+
+def test_a_kernel_that_fails_to_launch_is_switched_off(fake_cuda, monkeypatch, caplog, rng):
+    def launch_failure(*args):
+        raise RuntimeError("CUDADriverError: CUDA_ERROR_INVALID_VALUE: invalid argument")
+    monkeypatch.setitem(SEMANTICS, "gn_adam", launch_failure)
+    be = _fresh_backend(monkeypatch, FakeModule([]))
+    with caplog.at_level(logging.WARNING, logger="gpunet"):
+        assert be.ops.status()["adam"] == {"live": False,
+                                           "reason": "float32: RuntimeError: CUDADriverError: CUDA_ERROR_INVALID_VALUE: "
+                                                     "invalid argument"}
+    assert be.ops.adam is None
+    _assert_same_training(_train_pair(be, rng, optimizer=gn.Adam(lr=1e-2)))
+
+
+def test_graphs_need_the_device_side_adam(fake_graphs, fake_cuda, monkeypatch, caplog, rng):
+    monkeypatch.setitem(SEMANTICS, "gn_tick", lambda hp: None)  # the step count never advances
+    be = _fresh_backend(monkeypatch, FakeModule([]))
+    hist = gn.MLP([5, 4, 3], "relu", "softmax", device=be, seed=0).fit(
+        rng.standard_normal((40, 5)), rng.integers(0, 3, 40), batch_size=8, verbose=0, cuda_graph=True)
+    assert hist.cuda_graph["replays"] == 0 and "adam_device" in hist.cuda_graph["fallback"]
+    assert hist.fast_paths["adam_device"]["live"] is False
+    assert hist.fast_paths["graph_capture"] == {"live": False, "reason": "not tried: the captured step needs adam_device"}
+    assert caplog.text.count("failed the self-check") == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launches per training step, counted
+def _launches_per_step(device, layers, loss, make_opt, monkeypatch, cuda_graph=False, **model):
+    """Launches of one training step: the count for 8 batches minus the count for 4, over 4 (the per-epoch
+    work, the permutation upload, the loss read and the snapshot, cancels out)."""
+    rng = np.random.default_rng(0)
+    counts = []
+    names = {}
+    for n_batches in (4, 8):
+        X = rng.standard_normal((16 * n_batches, layers[0]))
+        y = rng.integers(0, layers[-1], 16 * n_batches) if loss == "cross_entropy" else \
+            rng.standard_normal((16 * n_batches, layers[-1]))
+        net = gn.MLP(layers, "relu", "softmax" if loss == "cross_entropy" else "linear", device=device, seed=0,
+                     **model)
+        net.fit(X[:16], y[:16], epochs=1, batch_size=16, verbose=0, optimizer=make_opt(), cuda_graph=cuda_graph)
+        LAUNCHES.n, LAUNCHES.names = 0, []
+        net.fit(X, y, epochs=1, batch_size=16, verbose=0, cuda_graph=cuda_graph)
+        counts.append(LAUNCHES.n)
+        names[n_batches] = LAUNCHES.names
+    per_step, rest = divmod(counts[1] - counts[0], 4)
+    assert rest == 0, counts
+    return per_step, names
+
+
+def test_launches_per_training_step_are_pinned(fake_cuda, monkeypatch):
+    """kernels.LAUNCHES_PER_STEP (stated in the README): a 3-layer relu / softmax cross-entropy / Adam step.
+    The softmax is computed once (by the loss kernel), kernel handles are fetched once per kernel and dtype."""
+    per_step, names = _launches_per_step(fake_cuda, [6, 9, 7, 3], "cross_entropy", lambda: gn.Adam(lr=1e-2),
+                                         monkeypatch)
+    assert per_step == kernels.LAUNCHES_PER_STEP == 28, names[8]
+    step = names[8]
+    assert step.count("exp") == 0  # no second softmax (the reference's exp) in the training step
+    assert step.count("gn_softmax_xent") == 8 and step.count("gn_adam") == 8 and step.count("gn_bias_act") == 16
+    assert step.count("matmul") == 8 * 8  # 3 forward, 3 weight-gradient, 2 delta GEMMs
+    fetched = fake_cuda.module.fetched
+    gn.MLP([6, 9, 7, 3], "relu", "softmax", device=fake_cuda, seed=0).fit(np.zeros((64, 6)), np.zeros(64, int),
+                                                                           batch_size=16, verbose=0)
+    assert fake_cuda.module.fetched == fetched  # cached handles: no get_function per launch
+
+
+def test_a_replayed_step_is_one_graph_launch(graphs, monkeypatch):
+    per_step, names = _launches_per_step(graphs, [6, 9, 7, 3], "cross_entropy", lambda: gn.Adam(lr=1e-2), monkeypatch,
+                                         cuda_graph=True)
+    # the graph, the batch indices copied into its static buffer, the loss and the correct count stored
+    assert per_step == 4 and names[8].count("graph") == 8 - 3, names[8]  # after 3 eager warm-up steps
+
+
+def test_regression_steps_launch_counts(fake_cuda, monkeypatch):
+    per_step, names = _launches_per_step(fake_cuda, [6, 9, 7, 3], "mse", lambda: gn.SGD(lr=0.01), monkeypatch)
+    # linear output, MSE from the reference expressions (no fused kernel): 2 gathers, 8 GEMMs, 2 bias+activation,
+    # the bias add, the output activation (a copy for linear), 8 CuPy kernels for the MSE delta and value,
+    # 3 bias-gradient sums, 2 activation-backward, SGD, and the loss stored
+    assert per_step == 29, names[8]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dropout: per model, reproducible, saved and rolled back
+def test_gpu_dropout_masks_are_per_model_and_reproducible(fake_cuda, rng):
+    X = rng.standard_normal((64, 5))
+    y = rng.integers(0, 3, 64)
+    runs = []
+    for seed in (0, 0, 1):
+        net = gn.MLP([5, 16, 3], "relu", "softmax", device=fake_cuda, dtype="float64", seed=seed, dropout=0.4)
+        runs.append(net.fit(X, y, epochs=2, batch_size=16, verbose=0).history["loss"])
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    assert "gn_dropout" in fake_cuda.launched
+    # interleaving two models does not change either one's masks (no shared device generator)
+    a = gn.MLP([5, 16, 3], "relu", "softmax", device=fake_cuda, dtype="float64", seed=0, dropout=0.4)
+    b = gn.MLP([5, 16, 3], "relu", "softmax", device=fake_cuda, dtype="float64", seed=5, dropout=0.4)
+    la = []
+    for _ in range(2):
+        la += a.fit(X, y, epochs=1, batch_size=16, verbose=0).history["loss"]
+        b.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    assert la == runs[0]
+
+
+def test_gpu_dropout_resumes_exactly_from_a_saved_model(fake_cuda, rng, tmp_path):
+    X = rng.standard_normal((64, 5))
+    y = rng.integers(0, 3, 64)
+    straight = gn.MLP([5, 16, 3], "relu", "softmax", device=fake_cuda, dtype="float64", seed=0, dropout=0.3)
+    straight.fit(X, y, epochs=3, batch_size=16, verbose=0)
+    first = gn.MLP([5, 16, 3], "relu", "softmax", device=fake_cuda, dtype="float64", seed=0, dropout=0.3)
+    first.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    first.save(tmp_path / "m.npz")
+    resumed = gn.load(tmp_path / "m.npz", device=fake_cuda)
+    resumed.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dropout_reference_generator_matches_the_kernel_maths():
+    out = np.zeros((3, 7))
+    kernels.dropout_reference(np, out, 0xDEADBEEF12345, 0.25)
+    expected = np.where(splitmix_uniform(0xDEADBEEF12345, 21) >= 0.25, 1 / 0.75, 0.0).reshape(3, 7)
+    np.testing.assert_array_equal(out, expected)
+    big = np.zeros(20000)
+    kernels.dropout_reference(np, big, 42, 0.25)
+    assert abs(np.mean(big == 0) - 0.25) < 0.015
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Library allocation failures are out-of-memory errors
+def test_library_allocation_failures_are_recognised_as_out_of_memory(fake_cuda):
+    def error(name, status):
+        cls = type(name, (RuntimeError,), {})
+        exc = cls(f"status {status}")
+        exc.status = status
+        return exc
+    assert fake_cuda.is_out_of_memory(error("CUBLASError", 3))  # CUBLAS_STATUS_ALLOC_FAILED
+    assert fake_cuda.is_out_of_memory(cublas.CublasError("cublasSgemm_v2", 3))
+    assert fake_cuda.is_out_of_memory(error("CUDARuntimeError", 2))  # cudaErrorMemoryAllocation
+    assert fake_cuda.is_out_of_memory(error("OutOfMemoryError", None))
+    assert not fake_cuda.is_out_of_memory(error("CUBLASError", 13))  # EXECUTION_FAILED is not memory
+    assert not fake_cuda.is_out_of_memory(error("CUDARuntimeError", 700))
+
+
+def test_a_cublas_allocation_failure_during_training_is_reported_as_out_of_memory(fake_cuda, monkeypatch, rng):
+    net = gn.MLP([5, 8, 3], "relu", "softmax", device=fake_cuda, dtype="float64", seed=0)
+    X, y = rng.standard_normal((64, 5)), rng.integers(0, 3, 64)
+    net.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    before = net.get_weights()
+    calls = []
+
+    def failing_matmul(self, a, b, out):
+        calls.append(1)
+        if len(calls) == 3:
+            raise cublas.CublasError("cublasSgemm_v2", 3)
+        return np.matmul(a, b, out=out)
+    monkeypatch.setattr(kernels.CupyOps, "matmul", failing_matmul)
+    with pytest.raises(gn.backend.OutOfMemoryError, match="out of memory on cuda:0 while training epoch 2"):
+        net.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    for a, b in zip(before, net.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cublas_gemm_argument_mapping_on_raw_memory(rng):
+    """gpunet.cublas.Gemm against the column-major fake libcublas on host memory, every transpose, with row
+    slices of larger arrays (as the workspaces pass them)."""
+    lib = FakeCublasLib()
+    gemm = cublas.Gemm(np, lib=lib, pointer=host_pointer)
+    gemm.bind(0)
+    for dtype in (np.float32, np.float64):
+        big_a = rng.standard_normal((12, 5)).astype(dtype)
+        a = big_a[:9]
+        b = rng.standard_normal((5, 4)).astype(dtype)
+        c = rng.standard_normal((9, 4)).astype(dtype)
+        out = np.full((9, 4), np.nan, dtype=dtype)
+        np.testing.assert_allclose(gemm(a, b, out), a @ b, rtol=1e-5)
+        out = np.full((5, 4), np.nan, dtype=dtype)
+        np.testing.assert_allclose(gemm(a, c, out, ta=True), a.T @ c, rtol=1e-5)
+        out = np.full((9, 5), np.nan, dtype=dtype)
+        np.testing.assert_allclose(gemm(c, b, out, tb=True), c @ b.T, rtol=1e-5)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        gemm(a, c, np.zeros((9, 4), dtype=dtype))
+    assert gemm.calls == 6

@@ -124,3 +124,13 @@ def test_sigmoid_binary_cross_entropy_kernel(harness, dtype, rng):
     a = activations.sigmoid(zz).ravel()
     np.testing.assert_allclose(out[1:1 + n], a, **tol(dtype))
     np.testing.assert_allclose(out[1 + n:], (a - y) / n, **tol(dtype))
+
+
+def test_dropout_generator_matches_the_reference(harness):
+    """gn_uniform (the GPU dropout generator) equals kernels.dropout_reference's uint64 arithmetic."""
+    seed = 0x1234_5678_9ABC_DEF0
+    u = harness("uniform", "float64", [seed >> 32, seed & 0xFFFFFFFF, 1000])
+    out = np.zeros(1000)
+    kernels.dropout_reference(np, out, seed, 0.3)
+    np.testing.assert_array_equal(np.where(u >= 0.3, 1 / 0.7, 0.0), out)
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.03

@@ -1,0 +1,149 @@
+"""GEMMs through cuBLAS's C API (``ctypes``), for the GEMMs of a training step captured as a CUDA graph.
+
+Why: CuPy 14.2 refuses every cuBLAS call while a stream captures: each of its cuBLAS wrappers calls
+``setStream``, which raises ``NotImplementedError('calling cuBLAS API during stream capture is currently
+unsupported')`` when ``runtime.streamIsCapturing(stream)`` (``cupy_backends/cuda/libs/cublas.pyx``). cuBLAS
+itself supports capture ("CUDA Graphs Support" in the cuBLAS documentation) when the handle's stream and a
+user workspace are set before the capture, because the default workspace pool would allocate during it
+(``cublasSetStream`` resets the workspace to that pool, so the workspace is set *after* the stream, as
+PyTorch's ``getCurrentCUDABlasHandle`` does).
+
+This module therefore keeps its own cuBLAS handle per device (so CuPy's calls on its own handle never
+change the stream, workspace, pointer mode or math mode this one uses), a persistent 32 MiB workspace
+(the size cuBLAS recommends for Hopper), and calls ``cublasSgemm_v2`` / ``cublasDgemm_v2`` with host
+scalars (the default ``CUBLAS_POINTER_MODE_HOST``). The library is the one CuPy already loaded (found in
+``/proc/self/maps``, so the handle and CuPy's never come from two copies of libcublas), else
+``libcublas.so.13`` / ``.so.12``. Like every CUDA fast path it is self-checked against ``xp.matmul`` at
+first use (:meth:`gpunet.kernels.CupyOps.check_graphs`) and switched off with a warning if it fails.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+
+OP_N, OP_T = 0, 1  # cublasOperation_t: CUBLAS_OP_N, CUBLAS_OP_T (cublas_api.h)
+TF32_TENSOR_OP_MATH = 3  # cublasMath_t: CUBLAS_TF32_TENSOR_OP_MATH
+DEFAULT_MATH = 0
+WORKSPACE_BYTES = 32 * 2 ** 20
+SONAMES = ("libcublas.so.13", "libcublas.so.12", "libcublas.so")
+
+
+class CublasError(RuntimeError):
+    """A cuBLAS C-API call returned a status other than CUBLAS_STATUS_SUCCESS."""
+
+    def __init__(self, call, status):
+        self.status = int(status)
+        name = {1: "NOT_INITIALIZED", 3: "ALLOC_FAILED", 7: "INVALID_VALUE", 8: "ARCH_MISMATCH",
+                13: "EXECUTION_FAILED", 14: "INTERNAL_ERROR", 15: "NOT_SUPPORTED"}.get(self.status, "UNKNOWN")
+        super().__init__(f"{call} returned CUBLAS_STATUS_{name} ({self.status})")
+
+
+def _loaded_path():
+    """The libcublas file this process has already mapped (CuPy's), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.rsplit(None, 1)[-1]
+                if "/libcublas.so" in path and os.path.exists(path):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def load_library():
+    """``ctypes.CDLL`` of libcublas with the argument types of the functions used here."""
+    names = ([p] if (p := _loaded_path()) else []) + list(SONAMES)
+    errors = []
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError as exc:
+            errors.append(str(exc))
+    else:
+        raise OSError(f"cannot load libcublas ({'; '.join(errors)})")
+    vp, i, p = ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p
+    lib.cublasCreate_v2.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+    lib.cublasDestroy_v2.argtypes = [vp]
+    lib.cublasSetStream_v2.argtypes = [vp, vp]
+    lib.cublasSetWorkspace_v2.argtypes = [vp, vp, ctypes.c_size_t]
+    lib.cublasSetMathMode.argtypes = [vp, i]
+    for fn, scalar in (("cublasSgemm_v2", ctypes.c_float), ("cublasDgemm_v2", ctypes.c_double)):
+        getattr(lib, fn).argtypes = [vp, i, i, i, i, i, ctypes.POINTER(scalar), p, i, p, i,
+                                     ctypes.POINTER(scalar), p, i]
+    for fn in ("cublasCreate_v2", "cublasDestroy_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2",
+               "cublasSetMathMode", "cublasSgemm_v2", "cublasDgemm_v2"):
+        getattr(lib, fn).restype = ctypes.c_int
+    return lib
+
+
+def device_pointer(a):
+    """The device address of a CuPy array (``ndarray.data.ptr``, which includes the view's offset)."""
+    return a.data.ptr
+
+
+class Gemm:
+    """Row-major ``out = op(a) @ op(b)`` on a private cuBLAS handle bound to one stream at a time.
+
+    cuBLAS is column-major: a row-major (r, c) array is the column-major (c, r) matrix with leading
+    dimension c, so ``out (M, N) = op(a) @ op(b)`` is computed as ``out^T = op(b)^T op(a)^T``:
+    ``gemm(transa=op of b, transb=op of a, m=N, n=M, k=K, A=b, lda=cols(b), B=a, ldb=cols(a), C=out,
+    ldc=N)``. Every operand must be C-contiguous (row slices of a contiguous array are).
+    """
+
+    def __init__(self, xp, lib=None, pointer=device_pointer, tf32=False):
+        self.xp, self.lib, self.ptr = xp, lib if lib is not None else load_library(), pointer
+        handle = ctypes.c_void_p()
+        self._check("cublasCreate_v2", self.lib.cublasCreate_v2(ctypes.byref(handle)))
+        self.handle = handle
+        self._check("cublasSetMathMode", self.lib.cublasSetMathMode(self.handle,
+                                                                     TF32_TENSOR_OP_MATH if tf32 else DEFAULT_MATH))
+        self.workspace = xp.empty((WORKSPACE_BYTES,), dtype=xp.uint8)
+        self.stream = None
+        self.calls = 0
+
+    @staticmethod
+    def _check(call, status):
+        if status != 0:
+            raise CublasError(call, status)
+
+    def bind(self, stream_ptr):
+        """Issue later GEMMs on the stream with address ``stream_ptr`` (0: the legacy default stream),
+        with the persistent workspace (set after the stream: ``cublasSetStream`` resets it)."""
+        if self.stream == stream_ptr:
+            return
+        self._check("cublasSetStream_v2", self.lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream_ptr)))
+        self._check("cublasSetWorkspace_v2", self.lib.cublasSetWorkspace_v2(
+            self.handle, ctypes.c_void_p(self.ptr(self.workspace)), WORKSPACE_BYTES))
+        self.stream = stream_ptr
+
+    def __call__(self, a, b, out, ta=False, tb=False):
+        if not (a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous):
+            raise ValueError("cuBLAS GEMM operands must be C-contiguous")
+        if a.dtype != out.dtype or b.dtype != out.dtype:
+            raise TypeError(f"GEMM dtypes differ: {a.dtype}, {b.dtype} -> {out.dtype}")
+        M, K = (a.shape[1], a.shape[0]) if ta else a.shape
+        K2, N = (b.shape[1], b.shape[0]) if tb else b.shape
+        if K != K2 or tuple(out.shape) != (M, N):
+            raise ValueError(f"GEMM shapes do not match: op(a) {(M, K)}, op(b) {(K2, N)}, out {tuple(out.shape)}")
+        if np.dtype(out.dtype) == np.float32:
+            fn, scalar = self.lib.cublasSgemm_v2, ctypes.c_float
+        elif np.dtype(out.dtype) == np.float64:
+            fn, scalar = self.lib.cublasDgemm_v2, ctypes.c_double
+        else:
+            raise TypeError(f"no cuBLAS GEMM for {out.dtype}")
+        one, zero = scalar(1.0), scalar(0.0)
+        status = fn(self.handle, OP_T if tb else OP_N, OP_T if ta else OP_N, N, M, K, ctypes.byref(one),
+                    ctypes.c_void_p(self.ptr(b)), b.shape[1], ctypes.c_void_p(self.ptr(a)), a.shape[1],
+                    ctypes.byref(zero), ctypes.c_void_p(self.ptr(out)), N)
+        self._check("cublasSgemm_v2" if scalar is ctypes.c_float else "cublasDgemm_v2", status)
+        self.calls += 1
+        return out
+
+    def close(self):
+        if self.handle is not None:
+            self.lib.cublasDestroy_v2(self.handle)
+            self.handle = None
