@@ -526,8 +526,8 @@ def configure_precision(tf32, notes):
     from gpunet import backend  # noqa: PLC0415
 
     # CuPy reads CUPY_TF32 once, at its first float32 matmul (get_compute_type in CuPy 14.2
-    # cupy/_core/_routines_linalg.pyx), and gpunet's device probe makes one: set it before the probe;
-    # enforce_cupy_gemm_mode checks the effective mode after it
+    # cupy/_core/_routines_linalg.pyx): set it before any CUDA use; enforce_cupy_gemm_mode corrects the
+    # mode afterwards if an earlier float32 GEMM in this process had fixed it otherwise
     backend.set_tf32(tf32)
     if "jax" in sys.modules:
         notes.append("jax was imported before the benchmark set XLA_PYTHON_CLIENT_PREALLOCATE=false; JAX keeps "
@@ -558,7 +558,7 @@ def cupy_gemm_mode():
     CUBLAS_COMPUTE_32F) or 'COMPUTE_TYPE_TF32' (CUBLAS_COMPUTE_32F_FAST_TF32). CuPy 14.2
     cupy/_core/_routines_linalg.pyx: every 2-D matmul on compute capability >= 5.0 goes through
     tensordot_core_v11, which reads ``get_compute_type(dtype)`` at each call; ``compute_type_to_str``
-    names the value. Call it only after the device probe: the first call fixes the mode."""
+    names the value. The first call fixes the mode from ``$CUPY_TF32`` (set by configure_precision)."""
     from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
 
     return linalg.compute_type_to_str(linalg.get_compute_type(np.float32))

@@ -1,6 +1,7 @@
 """``gpunet bench`` made honest: data uploaded once, per-runner errors, results after every workload,
 the GEMM-only bound beside each row, the effective TF32 mode. CPU only: tiny workloads, few steps."""
 import builtins
+import contextlib
 import json
 import os
 import sys
@@ -12,10 +13,6 @@ import pytest
 import gpunet as gn
 from gpunet import backend, bench
 from gpunet.model import MLP
-
-# the fake CUDA backend (NumPy-backed CuPy stand-in, checked kernels, fake graphs, CuPy 14.2's refusal of
-# cuBLAS during capture) of the wiring tests
-from test_gpu_wiring import fake_cuda, fake_graphs, refusing_graphs  # noqa: F401
 
 LAYERS = [6, 16, 3]
 
@@ -90,23 +87,24 @@ def test_gpunet_runner_trains_like_fit_on_the_same_batches():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_gpunet_graph_runner_replays_on_data_uploaded_once_and_reports_it(fake_graphs, monkeypatch):
-    w = tiny_workload(8, 48)
-    runner = bench.GpunetRunner(w, fake_graphs, "float64", cuda_graph=True)
-    uploads, shapes = count_transfers(monkeypatch)
-    runner.run(6)
-    assert uploads == [] and all(len(s) == 1 for s in shapes)  # batch order and Adam's scalars, no data
-    # 3 eager warm-up steps, one capture, then every step replays
+def test_gpunet_runner_dispatches_like_fit_and_reports_the_graph(monkeypatch):
+    """With a live graph every (full) batch goes to ``_Trainer._graph_step``, as in ``_Trainer.epoch``;
+    without one to ``_Trainer.step``. The gpunet-graph row carries the trainer's own graph report."""
+    runner = bench.GpunetRunner(tiny_workload(8, 48), "cpu", "float64", cuda_graph=True)
+    trainer = runner.trainer
+    calls = []
+    monkeypatch.setattr(trainer, "step", lambda rows, r: calls.append(("step", len(rows), r)))
+    runner.run(2)
+    # a live graph (the CPU has none), whose stream is the current one
+    monkeypatch.setattr(trainer, "graph", types.SimpleNamespace(stream=contextlib.nullcontext(),
+                                                                    replays=3, captures=1))
+    monkeypatch.setattr(trainer, "_graph_step", lambda rows, r: calls.append(("graph", len(rows), r)))
+    runner.run(3)
+    assert calls == [("step", 8, 8)] * 2 + [("graph", 8, 8)] * 3
     assert runner.extra == {"cuda_graph": {"requested": True, "replays": 3, "captures": 1, "fallback": None}}
-    rows = bench.workload_rows(w, 6, [runner], {"gpunet-graph": [100.0]}, {}, ceiling=1.0)
-    assert rows[0]["cuda_graph"]["replays"] == 3
-
-
-def test_gpunet_graph_row_says_when_the_capture_fell_back(refusing_graphs):
-    runner = bench.GpunetRunner(tiny_workload(8, 48), refusing_graphs, "float64", cuda_graph=True)
-    runner.run(6)
-    report = runner.extra["cuda_graph"]
-    assert report["replays"] == 0 and "cuBLAS API during stream capture" in report["fallback"]
+    rows = bench.workload_rows(runner.w, 3, [runner], {"gpunet-graph": [100.0]}, {}, ceiling=1.0)
+    assert rows[0]["impl"] == "gpunet-graph" and rows[0]["cuda_graph"] == trainer.graph_summary()
+    assert bench.GpunetRunner(tiny_workload(8, 48), "cpu", "float64").extra == {}
 
 
 # ----------------------------------------------------------------------------- per-runner errors
@@ -275,12 +273,25 @@ def test_every_library_gets_the_requested_matmul_mode_and_the_record_reads_it_ba
     assert os.environ["CUPY_TF32"] == ("1" if tf32 else "0")
     assert torch.backends.cuda.matmul.allow_tf32 is tf32
     assert jax.config.jax_default_matmul_precision == ("tensorfloat32" if tf32 else "float32")
-    want, had = ("COMPUTE_TYPE_TF32", "COMPUTE_TYPE_DEFAULT") if tf32 else ("COMPUTE_TYPE_DEFAULT", "COMPUTE_TYPE_TF32")
-    assert f"fixed to {had}" in " ".join(notes) and f"set to {want}" in " ".join(notes)
+    want = "COMPUTE_TYPE_TF32" if tf32 else "COMPUTE_TYPE_DEFAULT"
+    assert linalg.compute_type_to_str(linalg.mode) == want
     assert any("XLA_PYTHON_CLIENT_PREALLOCATE" in n for n in notes)  # jax was already imported here
     assert bench.tf32_record(tf32, "cuda:0") == {
         "requested": tf32, "cupy_compute_type": want, "torch_allow_tf32": tf32,
         "jax_matmul_precision": "tensorfloat32" if tf32 else "float32", "full_fp32": not tf32}
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_a_gemm_mode_fixed_earlier_in_the_process_is_corrected_with_a_note(monkeypatch, tf32):
+    linalg, _, _ = fake_libraries(monkeypatch, env_tf32=not tf32)
+    linalg.get_compute_type(np.float32)  # e.g. scripts/gpu-check's float32 GEMMs before the benchmark
+    notes = []
+    bench.enforce_cupy_gemm_mode(tf32, notes)
+    want, had = ("COMPUTE_TYPE_TF32", "COMPUTE_TYPE_DEFAULT") if tf32 else ("COMPUTE_TYPE_DEFAULT", "COMPUTE_TYPE_TF32")
+    assert bench.cupy_gemm_mode() == want
+    assert len(notes) == 1 and f"fixed to {had}" in notes[0] and f"set to {want}" in notes[0]
+    bench.enforce_cupy_gemm_mode(tf32, notes)
+    assert len(notes) == 1  # nothing to correct: no second note
 
 
 def test_record_is_not_full_float32_when_one_library_uses_tf32(monkeypatch):
