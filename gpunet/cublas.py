@@ -99,8 +99,8 @@ class Gemm:
         handle = ctypes.c_void_p()
         self._check("cublasCreate_v2", self.lib.cublasCreate_v2(ctypes.byref(handle)))
         self.handle = handle
-        self._check("cublasSetMathMode", self.lib.cublasSetMathMode(self.handle,
-                                                                     TF32_TENSOR_OP_MATH if tf32 else DEFAULT_MATH))
+        self.tf32 = None
+        self.set_tf32(tf32)
         self.workspace = xp.empty((WORKSPACE_BYTES,), dtype=xp.uint8)
         self.stream = None
         self.calls = 0
@@ -109,6 +109,14 @@ class Gemm:
     def _check(call, status):
         if status != 0:
             raise CublasError(call, status)
+
+    def set_tf32(self, enabled):
+        """TF32 tensor-core math for float32 GEMMs (``CUBLAS_TF32_TENSOR_OP_MATH``) or the default."""
+        enabled = bool(enabled)
+        if enabled != self.tf32:
+            self._check("cublasSetMathMode", self.lib.cublasSetMathMode(
+                self.handle, TF32_TENSOR_OP_MATH if enabled else DEFAULT_MATH))
+            self.tf32 = enabled
 
     def bind(self, stream_ptr):
         """Issue later GEMMs on the stream with address ``stream_ptr`` (0: the legacy default stream),

@@ -180,6 +180,9 @@ class CupyOps(ArrayOps):
         return self.xp.matmul(a, b.T, out=out)
 
     def _captured_gemm(self, a, b, out, ta, tb):
+        from gpunet import backend as _backend  # noqa: PLC0415
+
+        self.gemm.set_tf32(_backend.tf32_effective())  # round as CuPy's eager GEMMs do now
         self.gemm.bind(self.capture_stream.ptr)
         return self.gemm(a, b, out, ta, tb)
 

@@ -125,7 +125,7 @@ def test_cuda_graph_training_equals_eager(make_opt, schedule, rng):
     X = rng.standard_normal((406, 20))
     y = rng.integers(0, 5, 406)
     assert_graph_training_equals_eager("cuda", [20, 64, 32, 5], make_opt, X, y, steps=3 * 26, rtol=1e-10, atol=1e-12,
-                                       schedule=schedule)
+                                       schedule=schedule, require_replay=True)
 
 
 def test_cuda_graph_resume_after_save_load(tmp_path, rng):
@@ -140,3 +140,40 @@ def test_cuda_graph_resume_after_save_load(tmp_path, rng):
     c.fit(X, y, epochs=2, batch_size=16, verbose=0, cuda_graph=True)
     for u, v in zip(a.get_weights(), c.get_weights()):
         np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
+
+
+def test_every_fast_path_passes_its_self_check(cuda):
+    """On a real GPU nothing should have been switched off: every fused kernel, the cuBLAS C-API GEMMs and
+    graph capture (checked here) pass their run-time self-check."""
+    from gpunet import kernels
+
+    assert cuda.ops.check_graphs() is None
+    status = kernels.fast_path_status()[cuda.name]
+    assert {path for path, st in status.items() if st["live"] is not True} == set(), status
+
+
+def test_gpu_dropout_is_reproducible_per_model(rng):
+    X = rng.standard_normal((128, 6))
+    y = rng.integers(0, 3, 128)
+    losses = []
+    for seed in (0, 0, 1):
+        net = gn.MLP([6, 32, 3], "relu", "softmax", device="cuda", dtype="float64", seed=seed, dropout=0.3)
+        losses.append(net.fit(X, y, epochs=2, batch_size=16, verbose=0).history["loss"])
+    assert losses[0] == losses[1] and losses[0] != losses[2]
+
+
+def test_cublas_c_api_gemms_equal_cupy(cuda, rng):
+    from gpunet import kernels
+
+    gemm = kernels.make_gemm(cuda)
+    cp = cuda.xp
+    for dtype in ("float32", "float64"):
+        a = cp.asarray(rng.standard_normal((300, 70)), dtype=dtype)[:257]
+        b = cp.asarray(rng.standard_normal((70, 33)), dtype=dtype)
+        c = cp.asarray(rng.standard_normal((257, 33)), dtype=dtype)
+        gemm.bind(cp.cuda.get_current_stream().ptr)
+        tol = TOL[dtype]
+        for x, y, ta, tb, ref in ((a, b, False, False, a @ b), (a, c, True, False, a.T @ c), (c, b, False, True, c @ b.T)):
+            out = cp.empty(ref.shape, dtype=dtype)
+            np.testing.assert_allclose(cuda.to_host(gemm(x, y, out, ta, tb)), cuda.to_host(ref), rtol=tol["rtol"] * 10,
+                                       atol=tol["atol"] * 100)
