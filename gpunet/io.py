@@ -134,10 +134,10 @@ def save(model, path, include_optimizer=True, extra=None):
     meta = model_metadata(model, include_optimizer)
     if extra:
         meta["extra"] = extra
-    arrays = {"params": model.backend.to_host(model.params)}
+    arrays = {"params": model._dense(model.backend.to_host(model.params))}  # the dense layout on every device
     if meta["optimizer"]:
         for k, v in model.optimizer.state.items():
-            arrays[f"opt.{k}"] = model.backend.to_host(v)
+            arrays[f"opt.{k}"] = model._dense(model.backend.to_host(v))
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with atomic_write(path) as f:
         np.savez(f, **arrays)
@@ -284,7 +284,7 @@ def load(path, device="auto", dtype=None):
         raise ValueError(f"{path}: parameters contain NaN or Inf")
     validation.check_fits(f"{path}: the parameters", params, model.dtype)
     _check_fields(path, meta)
-    model.params[...] = model.backend.to_device(params, model.dtype)
+    model.params[...] = model.backend.to_device(model._padded(params), model.dtype)
     model.loss = meta.get("loss")
     _read_preprocessing(path, meta, model)
     model.epochs_trained = int(meta.get("epochs_trained", 0))
@@ -302,7 +302,7 @@ def load(path, device="auto", dtype=None):
                 raise ValueError(f"{path}: optimizer state {k!r} must be finite" +
                                  ("" if k in ("exp_avg", "momentum_buffer") else " and non-negative"))
             validation.check_fits(f"{path}: optimizer state {k!r}", v, model.dtype)
-        state = {k: v.astype(model.dtype) for k, v in state.items()}
+        state = {k: model._padded(v.astype(model.dtype)) for k, v in state.items()}
         try:
             model.optimizer = optim.from_config(opt_meta["name"], opt_meta["config"], state, opt_meta["step_count"],
                                                 model.backend)

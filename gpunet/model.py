@@ -111,7 +111,8 @@ class MLP:
 
     @property
     def n_params(self) -> int:
-        return int(self.params.shape[0])
+        """The number of parameters (weights and biases; the flat buffer may hold alignment padding)."""
+        return sum(math.prod(s) for s in self.shapes)
 
     def _zeros(self, shape):
         with self.backend.activate():
@@ -119,11 +120,22 @@ class MLP:
                 return self.xp.zeros(shape, dtype=self.backend.dtype(self.dtype), device=self.backend.device)
             return self.xp.zeros(shape, dtype=self.dtype)
 
+    #: on CUDA devices every weight and bias view starts on a 16-byte boundary (cuBLAS picks its fastest
+    #: kernels, and vectorised loads need it, only for aligned operands); the padding between blocks is zero
+    #: and stays zero (its gradient is zero, so no optimizer moves it). The CPU layout is dense.
+    ALIGN_BYTES = 16
+
     def _allocate(self):
         self.shapes = []
         for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
             self.shapes += [(n_in, n_out), (n_out,)]
-        total = sum(math.prod(s) for s in self.shapes)
+        align = self.ALIGN_BYTES // np.dtype(self.dtype).itemsize if self.backend.is_gpu else 1
+        self.offsets, offset = [], 0
+        for shape in self.shapes:
+            offset = -(-offset // align) * align
+            self.offsets.append(offset)
+            offset += math.prod(shape)
+        total = -(-offset // align) * align
         self.params = self._zeros((total,))
         self.grads = self._zeros((total,))
         views = self._views(self.params)
@@ -132,19 +144,35 @@ class MLP:
         self.dW, self.db = gviews[0::2], gviews[1::2]
 
     def _views(self, flat):
-        out, offset = [], 0
-        for shape in self.shapes:
+        return [self.xp.reshape(flat[o:o + math.prod(shape)], shape) for o, shape in zip(self.offsets, self.shapes)]
+
+    def _padded(self, dense):
+        """Host: a dense parameter vector (``W1, b1, ...`` back to back, the file layout) in this model's
+        flat layout (zeros between aligned blocks)."""
+        dense = np.asarray(dense)
+        if self.params.shape[0] == dense.shape[0]:
+            return dense
+        out = np.zeros(self.params.shape[0], dtype=dense.dtype)
+        start = 0
+        for o, shape in zip(self.offsets, self.shapes):
             size = math.prod(shape)
-            out.append(self.xp.reshape(flat[offset:offset + size], shape))
-            offset += size
+            out[o:o + size] = dense[start:start + size]
+            start += size
         return out
 
+    def _dense(self, flat):
+        """Host: this model's flat layout back to the dense vector (the file layout)."""
+        flat = np.asarray(flat)
+        if flat.shape[0] == self.n_params:
+            return flat
+        return np.concatenate([flat[o:o + math.prod(shape)] for o, shape in zip(self.offsets, self.shapes)])
+
     def _write_flat(self, host_arrays):
-        self.params[...] = self.backend.to_device(_init.flatten(host_arrays), self.dtype)
+        self.params[...] = self.backend.to_device(self._padded(_init.flatten(host_arrays)), self.dtype)
 
     def get_weights(self):
         """Host copies ``[W1 (n0, n1), b1 (n1,), W2, b2, ...]``."""
-        return _init.split(self.backend.to_host(self.params), self.shapes)
+        return _init.split(self._dense(self.backend.to_host(self.params)), self.shapes)
 
     def set_weights(self, weights):
         """Replace all parameters from host arrays in :meth:`get_weights` order and shapes.
@@ -312,7 +340,7 @@ class MLP:
         with self.backend.activate():
             ws = self._workspace(Xd.shape[0])
             value, _ = self._step_gradients(Xd, Yd, ws, loss, train=False)
-            return self.backend.item(value), _init.split(self.backend.to_host(self.grads), self.shapes)
+            return self.backend.item(value), _init.split(self._dense(self.backend.to_host(self.grads)), self.shapes)
 
     def _predict_device(self, Xd, batch_size):
         rows = min(batch_size, Xd.shape[0])

@@ -87,11 +87,8 @@ class MLPStack:
     # ------------------------------------------------------------------ layout
     def _blocks(self):
         """(offset, shape) of every parameter block in the flat layout (W1, b1, W2, b2, ...)."""
-        offset = 0
-        for shape in self.shapes:
-            size = math.prod(shape)
-            yield offset, size, shape
-            offset += size
+        for offset, shape in zip(self._models[0].offsets, self.shapes):  # the models' (aligned on CUDA) layout
+            yield offset, math.prod(shape), shape
 
     def _layer_params(self):
         """Per layer ``(W (K, n_in, n_out), b (K, 1, n_out), dW, db)``: views of the flat buffers (NumPy and

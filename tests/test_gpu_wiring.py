@@ -886,3 +886,47 @@ def test_cublas_gemm_argument_mapping_on_raw_memory(rng):
     with pytest.raises(ValueError, match="shapes do not match"):
         gemm(a, c, np.zeros((9, 4), dtype=dtype))
     assert gemm.calls == 6
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 16-byte aligned weight views on CUDA devices
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_weight_views_are_16_byte_aligned_and_the_padding_stays_zero(fake_cuda, dtype, rng, tmp_path):
+    layers = [7, 5, 3, 3]  # odd sizes: a dense layout would misalign every block after the first
+    net = gn.MLP(layers, "relu", "softmax", device=fake_cuda, dtype=dtype, seed=1, l2=1e-3)
+    base = net.params.ctypes.data
+    for view in net.W + net.b + net.dW + net.db:
+        assert (view.ctypes.data - base) % 16 == 0 and view.flags.c_contiguous
+    assert net.params.shape[0] > net.n_params == sum(a * b + b for a, b in zip(layers[:-1], layers[1:]))
+    X, y = rng.standard_normal((50, 7)), rng.integers(0, 3, 50)
+    cpu = gn.MLP(layers, "relu", "softmax", device="cpu", dtype=dtype, seed=1, l2=1e-3)
+    assert cpu.params.shape[0] == cpu.n_params  # the CPU layout is dense
+    for m in (net, cpu):
+        m.fit(X, y, epochs=2, batch_size=8, optimizer=gn.AdamW(lr=1e-2), verbose=0)
+    mask = np.ones(net.params.shape[0], bool)
+    for o, shape in zip(net.offsets, net.shapes):
+        mask[o:o + int(np.prod(shape))] = False
+    assert mask.any() and not net.params[mask].any() and not net.optimizer.state["exp_avg"][mask].any()
+    tol = dict(rtol=1e-9) if dtype == "float64" else dict(rtol=2e-4, atol=2e-5)
+    for a, b in zip(cpu.get_weights(), net.get_weights()):
+        np.testing.assert_allclose(b, a, **tol)
+    net.save(tmp_path / "m.npz")  # the file holds the dense layout: it loads on any device
+    for device in ("cpu", fake_cuda):
+        back = gn.load(tmp_path / "m.npz", device=device)
+        for a, b in zip(net.get_weights(), back.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(back._dense(np.asarray(back.optimizer.state["exp_avg_sq"])),
+                                      net._dense(np.asarray(net.optimizer.state["exp_avg_sq"])))
+    value, grads = net.loss_and_gradients(X, y)
+    assert [g.shape for g in grads] == net.shapes
+
+
+def test_stacks_use_the_aligned_layout(fake_cuda, rng):
+    X, y = rng.standard_normal((40, 7)), rng.integers(0, 3, 40)
+    stack = gn.MLPStack([7, 5, 3], seeds=[0, 1], output_activation="softmax", device=fake_cuda, dtype="float64")
+    stack.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    for seed, model in zip([0, 1], stack.models()):
+        single = gn.MLP([7, 5, 3], "relu", "softmax", device=fake_cuda, dtype="float64", seed=seed)
+        single.fit(X, y, epochs=2, batch_size=8, verbose=0)
+        for a, b in zip(single.get_weights(), model.get_weights()):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
