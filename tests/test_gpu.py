@@ -91,7 +91,8 @@ def test_mnist_accuracy_matches_cpu():
         net = gn.MLP([784, 512, 256, 10], "relu", "softmax", device=device, seed=0)
         net.fit(X, y, epochs=2, batch_size=128, optimizer=gn.Adam(lr=1e-3), verbose=0)
         acc[device] = net.evaluate(Xt, yt)["accuracy"]
-    assert acc["cuda"] > 0.97
+    # the lowest accuracy measured under rounding changes alone is 0.9706: the floor sits 3 spreads below it
+    assert acc["cuda"] > 0.9706 - 3 * 0.0017, acc
     # Rounding alone moves this accuracy: with only the GEMM summation order changed, runs measured
     # 0.9706-0.9723 (issue 9), a spread of 0.0017; the CPU gives 0.9720 for seed 0. The old bound, 0.002,
     # left 0.0003 over that spread (flaky); the bound is 3 x the spread, 0.005: a GPU difference that
