@@ -930,3 +930,16 @@ def test_stacks_use_the_aligned_layout(fake_cuda, rng):
         single.fit(X, y, epochs=2, batch_size=8, verbose=0)
         for a, b in zip(single.get_weights(), model.get_weights()):
             np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+
+
+def test_gpunet_info_lists_each_fast_path_with_its_state(fake_cuda, monkeypatch):
+    from gpunet import cli
+
+    monkeypatch.setattr(backend, "tf32_effective", lambda: False)
+    fake_cuda.ops._switch_off("scale", "float64: a * s: 1.0 where the reference gives 2.0")
+    text = cli._fast_path_lines(fake_cuda)
+    assert "float32 GEMMs: full fp32" in text
+    assert "bias_activation      on" in text
+    assert "scale                OFF (float64: a * s: 1.0 where the reference gives 2.0)" in text
+    assert "graph_capture        checked at the first fit(cuda_graph=True)" in text
+    assert "fused_step" in cli._fast_path_lines(backend.CPU)
