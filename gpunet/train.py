@@ -145,12 +145,12 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     cuda_graph : bool, "require" or None
         On a CUDA device, capture the training step of full batches as a CUDA graph and replay it
         (small batches are launch-bound). ``None`` reads ``$GPUNET_CUDA_GRAPH`` (default off). Not used
-        with dropout or on the CPU. A failed capture falls back to eager launches with one warning;
-        ``"require"`` raises instead. ``History.cuda_graph`` reports replays, captures and the fallback
-        reason. Known limit: CuPy 14.2 refuses every cuBLAS call during stream capture
-        (``cupy_backends/cuda/libs/cublas.pyx``, ``setStream``), so with CuPy 14.2 the capture of a step
-        that multiplies matrices falls back (and ``"require"`` raises) until the GEMMs bypass CuPy's
-        cuBLAS wrappers.
+        with dropout or on the CPU. The captured GEMMs go through cuBLAS's C API (:mod:`gpunet.cublas`),
+        because CuPy 14.2 refuses its own cuBLAS calls during a capture (``cupy_backends/cuda/libs/cublas.pyx``,
+        ``setStream``). The first request in a process checks graph training against eager training
+        (:meth:`gpunet.kernels.CupyOps.check_graphs`); when graphs cannot be used, training continues with
+        eager launches and says why once, ``"require"`` raises instead. ``History.cuda_graph`` reports
+        replays, captures and the fallback reason.
     distributed : bool
         Data-parallel training over MPI ranks (see :mod:`gpunet.distributed`): call on every rank with
         the same model seed and the same data; ``batch_size`` is the global batch, each rank computes
