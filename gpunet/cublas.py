@@ -152,6 +152,13 @@ class Gemm:
         return out
 
     def close(self):
-        if self.handle is not None:
+        """Destroy the handle (the graphs captured with it must not be replayed afterwards)."""
+        if getattr(self, "handle", None) is not None:
             self.lib.cublasDestroy_v2(self.handle)
             self.handle = None
+
+    def __del__(self):  # a GraphStep's handle goes with it (fit synchronised its stream before returning)
+        try:
+            self.close()
+        except Exception:  # noqa: S110  (interpreter shutdown: the library may be gone)
+            pass
