@@ -352,36 +352,30 @@ class CupyOps(ArrayOps):
         z = 3.0 * rng.standard_normal((6, 5))
         return z, rng.standard_normal(5), rng.standard_normal((6, 5))
 
-    def _check_bias_activation(self, rng, dtype):
-        z, b, _ = self._inputs(rng, dtype)
+    def _check_per_activation(self, rng, dtype, run):
+        """``run(ops, act, z, b, d)`` with the fast kernels and with the reference, for every activation."""
+        z, b, d = (self._dev(v, dtype) for v in self._inputs(rng, dtype))
         ref = ArrayOps(self.backend)
         for act in ACT_CODES:
-            fast = self._k_bias_activation(self._dev(z, dtype), self._dev(b, dtype), act)
-            why = self._compare(act, fast, ref.bias_activation(self._dev(z, dtype), self._dev(b, dtype), act), dtype)
+            why = self._compare(act, run(self, act, z.copy(), b, d.copy()), run(ref, act, z.copy(), b, d.copy()),
+                                dtype)
             if why:
                 return why
         return None
+
+    def _check_bias_activation(self, rng, dtype):
+        return self._check_per_activation(rng, dtype, lambda ops, act, z, b, d: (
+            ops._k_bias_activation if ops is self else ops.bias_activation)(z, b, act))
 
     def _check_activation(self, rng, dtype):
-        z, _, _ = self._inputs(rng, dtype)
-        ref = ArrayOps(self.backend)
-        for act in ACT_CODES:
-            fast = self._k_activation(act, self._dev(z, dtype), self._dev(0 * z, dtype))
-            why = self._compare(act, fast, ref.activation(act, self._dev(z, dtype), self._dev(0 * z, dtype)), dtype)
-            if why:
-                return why
-        return None
+        return self._check_per_activation(rng, dtype, lambda ops, act, z, b, d: (
+            ops._k_activation if ops is self else ops.activation)(act, z, 0 * z))
 
     def _check_activation_backward(self, rng, dtype):
-        z, _, d = self._inputs(rng, dtype)
         ref = ArrayOps(self.backend)
-        for act in ACT_CODES:
-            a = ref.activation(act, self._dev(z, dtype), self._dev(0 * z, dtype))
-            fast = self._k_activation_backward(self._dev(d, dtype), a, act)
-            why = self._compare(act, fast, ref.activation_backward(self._dev(d, dtype), a, act), dtype)
-            if why:
-                return why
-        return None
+        return self._check_per_activation(rng, dtype, lambda ops, act, z, b, d: (
+            ops._k_activation_backward if ops is self else ops.activation_backward)(
+                d, ref.activation(act, z, 0 * z), act))
 
     def _check_scale(self, rng, dtype):
         _, _, d = self._inputs(rng, dtype)
