@@ -502,9 +502,8 @@ class CupyOps(ArrayOps):
         for dtype in ("float32", "float64"):
             a, b = rng.standard_normal((9, 6)), rng.standard_normal((6, 5))
             c = rng.standard_normal((9, 5))
-            cases = ((a, b, (9, 5), False, False, a @ b), (a, c, (6, 5), True, False, a.T @ c),
-                     (c, b, (9, 6), False, True, c @ b.T))
-            for x, y, shape, ta, tb, expected in cases:
+            cases = ((a, b, (9, 5), False, False), (a, c, (6, 5), True, False), (c, b, (9, 6), False, True))
+            for x, y, shape, ta, tb in cases:
                 out = self._dev(np.zeros(shape), dtype)
                 self.gemm.bind(stream.ptr)
                 self.gemm(self._dev(x, dtype), self._dev(y, dtype), out, ta, tb)
