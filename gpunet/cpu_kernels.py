@@ -88,8 +88,14 @@ if numba is not None:
     _previous_cache_dir = _redirect_cache()
 
     @_njit(error_model="numpy", nogil=True)
-    def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, step_size, bc2_sqrt, amsgrad, decoupled):
+    def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, step_size, bc2_sqrt, amsgrad, decoupled, tiny):
         one = p.dtype.type(1.0)
+        zero = p.dtype.type(0.0)
+        # Moments below the smallest normal number are flushed to zero (a select: the loop still
+        # vectorises). The moments of parameters whose gradient is zero (dead ReLUs) decay by beta1 per
+        # step into the subnormal range, where every operation on them costs ~100 cycles: without the
+        # flush the seed's sinc net slows from 72 to 340 us per step once it has converged. The effect on
+        # the parameters is below lr * tiny / eps (~1e-33 in float32), far below their rounding.
         # Branch-free loop (it vectorises: ~2x faster than testing the flags per element): Adam's
         # coupled decay is g + wd*p with decay 1; AdamW's is p*(1 - lr*wd) with a coupled wd of 0.
         # Multiplying by exactly 1 or adding exactly 0 leaves finite values unchanged.
@@ -100,7 +106,9 @@ if numba is not None:
                 pi = p[i] * decay
                 gi = g[i] + coupled * pi
                 mi = m[i] + (one - beta1) * (gi - m[i])
+                mi = mi if abs(mi) >= tiny else zero
                 vi = v[i] * beta2 + (one - beta2) * gi * gi
+                vi = vi if vi >= tiny else zero
                 vm = vmax[i] if vmax[i] > vi else vi
                 m[i], v[i], vmax[i] = mi, vi, vm
                 p[i] = pi - step_size * (mi / (math.sqrt(vm) / bc2_sqrt + eps))
@@ -109,7 +117,9 @@ if numba is not None:
             pi = p[i] * decay
             gi = g[i] + coupled * pi
             mi = m[i] + (one - beta1) * (gi - m[i])
+            mi = mi if abs(mi) >= tiny else zero
             vi = v[i] * beta2 + (one - beta2) * gi * gi
+            vi = vi if vi >= tiny else zero
             m[i], v[i] = mi, vi
             p[i] = pi - step_size * (mi / (math.sqrt(vi) / bc2_sqrt + eps))
 
@@ -131,7 +141,7 @@ if numba is not None:
         corrections come from :meth:`gpunet.optim.Adam.step`."""
         t = p.dtype.type
         _adam(p, g, m, v, vmax if amsgrad else m, t(lr), t(beta1), t(beta2), t(eps), t(weight_decay),
-              t(step_size), t(bc2_sqrt), bool(amsgrad), bool(decoupled))
+              t(step_size), t(bc2_sqrt), bool(amsgrad), bool(decoupled), t(np.finfo(t).tiny))
 
     def sgd_step(p, g, buf, *, lr, momentum, dampening, weight_decay, nesterov, first):
         """Fused SGD (momentum, Nesterov, coupled weight decay) update, in place."""

@@ -87,6 +87,29 @@ def test_adam_steps_match_the_update_formula(cls, wd, use_kernels, rng):
     np.testing.assert_allclose(p, adam_reference(p0, grads, 0.01, 0.8, 0.99, 1e-6, wd, cls is gn.AdamW), rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_fused_adam_flushes_subnormal_moments(dtype, amsgrad):
+    """A moment that decays below the smallest normal number becomes 0 (subnormal arithmetic is ~100x
+    slower on x86); normal moments and the parameters are as the formula gives."""
+    from gpunet import cpu_kernels
+
+    if cpu_kernels.adam_step is None:
+        pytest.skip("Numba is not installed")
+    tiny = np.finfo(dtype).tiny
+    p = np.array([1.0, 2.0, 3.0], dtype=dtype)
+    g = np.array([0.0, 0.0, 0.5], dtype=dtype)
+    m = np.array([tiny * 1.05, 4 * tiny, 0.1], dtype=dtype)  # 0.9 * m: subnormal, normal, normal
+    v = np.array([tiny * 1.0005, 0.25, 0.25], dtype=dtype)
+    vmax = v.copy()
+    expected_m = m + (dtype(1) - dtype(0.9)) * (g - m)
+    cpu_kernels.adam_step(p, g, m, v, vmax, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                          step_size=1e-3, bc2_sqrt=1.0, amsgrad=amsgrad, decoupled=False)
+    assert m[0] == 0 and v[0] == 0 and m[1] > 0
+    np.testing.assert_allclose(m[1:], expected_m[1:], rtol=1e-6)
+    assert p[0] == 1.0 and p[1] < 2.0
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("use_kernels", [False, True])
 def test_sgd_momentum_matches_formula(nesterov, use_kernels, rng):
