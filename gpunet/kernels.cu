@@ -99,6 +99,17 @@ GN_HD T gn_softmax_xent_row(const T* z, const T* y, T* a, T* delta, int k, T inv
     return loss;
 }
 
+// 1 when the row's largest output and largest target sit at the same index (the first of equal maxima, as
+// numpy.argmax): one correct prediction, as gpunet.losses.correct counts it for cross-entropy.
+template <typename T> GN_HD T gn_row_hit(const T* a, const T* y, int k) {
+    int ia = 0, iy = 0;
+    for (int j = 1; j < k; ++j) {
+        if (a[j] > a[ia]) ia = j;
+        if (y[j] > y[iy]) iy = j;
+    }
+    return ia == iy ? T(1) : T(0);
+}
+
 // Sigmoid + binary cross-entropy for one element from the logit z.
 template <typename T> GN_HD T gn_sigmoid_xent(T z, T y, T& a, T& delta, T inv_n) {
     a = gn_act<T>(z, 2);
@@ -194,19 +205,24 @@ __global__ void gn_dropout(T* out, long long n, unsigned long long seed, double 
     GN_GRID_STRIDE(i, n) out[i] = gn_uniform(seed, (unsigned long long)i) >= rate ? scale : T(0);
 }
 
-// One thread per row: softmax, (a - y) / rows and the row loss / rows (one sum is then the mean loss)
+// One thread per row: softmax, (a - y) / rows, and out[r] = (row loss / rows, 1 if the row is classified
+// correctly): one column sum of `out` is then (mean loss, number correct)
 template <typename T>
-__global__ void gn_softmax_xent(const T* z, const T* y, T* a, T* delta, T* row_loss, int rows, int k, T inv_n) {
+__global__ void gn_softmax_xent(const T* z, const T* y, T* a, T* delta, T* out, int rows, int k, T inv_n) {
     GN_GRID_STRIDE(r, rows) {
         const long long o = r * (long long)k;
-        row_loss[r] = gn_softmax_xent_row<T>(z + o, y + o, a + o, delta + o, k, inv_n) * inv_n;
+        out[2 * r] = gn_softmax_xent_row<T>(z + o, y + o, a + o, delta + o, k, inv_n) * inv_n;
+        out[2 * r + 1] = gn_row_hit<T>(a + o, y + o, k);
     }
 }
 
-// per element: sigmoid, (a - y) / n and the element's loss / n
+// per element: sigmoid, (a - y) / n, and out[i] = (the element's loss / n, 1 if (a > 0.5) == (y > 0.5))
 template <typename T>
-__global__ void gn_sigmoid_xent_k(const T* z, const T* y, T* a, T* delta, T* loss, long long n, T inv_n) {
-    GN_GRID_STRIDE(i, n) loss[i] = gn_sigmoid_xent<T>(z[i], y[i], a[i], delta[i], inv_n) * inv_n;
+__global__ void gn_sigmoid_xent_k(const T* z, const T* y, T* a, T* delta, T* out, long long n, T inv_n) {
+    GN_GRID_STRIDE(i, n) {
+        out[2 * i] = gn_sigmoid_xent<T>(z[i], y[i], a[i], delta[i], inv_n) * inv_n;
+        out[2 * i + 1] = (a[i] > T(0.5)) == (y[i] > T(0.5)) ? T(1) : T(0);
+    }
 }
 #endif  // kernels
 
@@ -219,6 +235,7 @@ __global__ void gn_sigmoid_xent_k(const T* z, const T* y, T* a, T* delta, T* los
 //   sgd:            IN = [n, lr, mom, damp, wd, nesterov, first, p.., g.., buf..]   OUT = [p.., buf..]
 //   softmax_xent:   IN = [rows, k, z.., y..]                   OUT = [loss_sum, a.., delta..]
 //   sigmoid_xent:   IN = [n, z.., y..]                         OUT = [loss_sum, a.., delta..]
+//   row_hit:        IN = [rows, k, a.., y..]                   OUT = [1 if argmax(a) == argmax(y)...]
 //   uniform:        IN = [seed_hi32, seed_lo32, n]             OUT = [u(seed, i)...] (dropout generator)
 #include <cmath>
 #include <cstdio>
@@ -289,6 +306,11 @@ template <typename T> static std::vector<double> run(const char* mode, const std
         out.push_back(total);
         for (T x : a) out.push_back((double)x);
         for (T x : d) out.push_back((double)x);
+    } else if (!std::strcmp(mode, "row_hit")) {  // IN = [rows, k, a.., y..]  OUT = [hit per row]
+        int rows = (int)in[0], k = (int)in[1];
+        std::vector<T> a(rows * k), y(rows * k);
+        for (int i = 0; i < rows * k; ++i) { a[i] = (T)in[2 + i]; y[i] = (T)in[2 + rows * k + i]; }
+        for (int r = 0; r < rows; ++r) out.push_back((double)gn_row_hit<T>(&a[r * k], &y[r * k], k));
     } else if (!std::strcmp(mode, "uniform")) {  // IN = [seed_hi32, seed_lo32, n]  OUT = [u(seed, 0..n-1)]
         unsigned long long seed = ((unsigned long long)in[0] << 32) | (unsigned long long)in[1];
         for (size_t i = 0; i < (size_t)in[2]; ++i) out.push_back(gn_uniform(seed, i));

@@ -15,10 +15,11 @@ what is live; ``gpunet info`` and ``metrics.json`` show it.
 
 A training step on the GPU (relu hidden layers, softmax cross-entropy, Adam; ``tests/test_gpu_wiring.py``
 counts it): two gathers, one GEMM per layer forward, one fused bias+activation kernel per hidden layer and
-one bias add for the output, one softmax-cross-entropy kernel (probabilities, delta and row losses; the
-forward pass does not compute the softmax a second time) and one sum, per layer a weight-gradient GEMM and
-a bias-gradient sum, per hidden layer a delta GEMM and a fused activation-backward kernel, one Adam kernel
-over the whole flat parameter buffer, and the accuracy count: :data:`LAUNCHES_PER_STEP` for three layers.
+one bias add for the output, one softmax-cross-entropy kernel (probabilities, delta, and per row the loss
+and whether it is classified correctly; the forward pass does not compute the softmax a second time) and one
+column sum giving the loss and the accuracy count, per layer a weight-gradient GEMM and a bias-gradient sum,
+per hidden layer a delta GEMM and a fused activation-backward kernel, one Adam kernel over the whole flat
+parameter buffer, and the loss and count stored: :data:`LAUNCHES_PER_STEP` for three layers.
 The loss stays on the device and is read once per epoch.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ BLOCK = 256
 MAX_GRID = 65535
 #: kernel launches (fused kernels, cuBLAS GEMMs and CuPy kernels) per training step of a 3-layer relu /
 #: softmax / cross-entropy / Adam network, as counted by the fake CuPy of ``tests/test_gpu_wiring.py``
-LAUNCHES_PER_STEP = 28
+LAUNCHES_PER_STEP = 23
 
 #: every fast path of the CUDA backend: name -> what falls back to the reference when it is off
 FAST_PATHS = {
@@ -255,34 +256,44 @@ class CupyOps(ArrayOps):
         return (loss == "cross_entropy" and self.live["softmax_xent"]) or \
             (loss == "binary_cross_entropy" and self.live["sigmoid_xent"])
 
-    def loss_delta(self, loss, output_activation, z, a, y, delta):
-        """Softmax-CE: one kernel writes probabilities, delta and per-row losses (then one sum);
-        sigmoid-BCE likewise per element. Other losses use the reference expressions."""
+    def loss_delta_correct(self, loss, output_activation, z, a, y, delta, count):
+        """Softmax-CE: one kernel writes probabilities, delta, and per row the loss and whether the row is
+        classified correctly; one column sum gives (loss, number correct). Sigmoid-BCE likewise per element.
+        Other losses use the reference expressions."""
         if loss == "cross_entropy" and self.live["softmax_xent"]:
-            return self._k_softmax_xent(z, y, a, delta)
-        if loss == "binary_cross_entropy" and self.live["sigmoid_xent"]:
-            return self._k_sigmoid_xent(z, y, a, delta)
+            sums = self._k_softmax_xent(z, y, a, delta)
+        elif loss == "binary_cross_entropy" and self.live["sigmoid_xent"]:
+            sums = self._k_sigmoid_xent(z, y, a, delta)
+        else:
+            return super().loss_delta_correct(loss, output_activation, z, a, y, delta, count)
+        return sums[0], (sums[1] if count else None)
+
+    def loss_delta(self, loss, output_activation, z, a, y, delta):
+        if (loss == "cross_entropy" and self.live["softmax_xent"]) or \
+                (loss == "binary_cross_entropy" and self.live["sigmoid_xent"]):
+            return self.loss_delta_correct(loss, output_activation, z, a, y, delta, False)[0]
         return super().loss_delta(loss, output_activation, z, a, y, delta)
 
     def _k_softmax_xent(self, z, y, a, delta):
         rows, k = z.shape
-        row_loss = self._row_buffer(rows, z.dtype)
-        # the kernel scales each row's loss by 1/rows: one sum is the mean
-        self._launch("gn_softmax_xent", z, rows, z, y, a, delta, row_loss, np.int32(rows), np.int32(k),
+        out = self._row_buffer(rows, z.dtype)
+        # per row: the loss scaled by 1/rows and the hit (0 or 1); the column sums are (mean loss, correct)
+        self._launch("gn_softmax_xent", z, rows, z, y, a, delta, out, np.int32(rows), np.int32(k),
                      self._scalar(z, 1.0 / rows))
-        return self.xp.sum(row_loss)
+        return self.xp.sum(out, axis=0)
 
     def _k_sigmoid_xent(self, z, y, a, delta):
-        elem = self._row_buffer(z.size, z.dtype)
-        self._launch("gn_sigmoid_xent_k", z, z.size, z, y, a, delta, elem, np.int64(z.size),
+        out = self._row_buffer(z.size, z.dtype)
+        self._launch("gn_sigmoid_xent_k", z, z.size, z, y, a, delta, out, np.int64(z.size),
                      self._scalar(z, 1.0 / z.size))
-        return self.xp.sum(elem)
+        return self.xp.sum(out, axis=0)
 
     def _row_buffer(self, n, dtype):
-        """A scratch vector of n losses, allocated once per (n, dtype)."""
+        """Scratch (n, 2) for the fused losses: (loss, hit) per row or element, allocated once per (n, dtype)
+        (by an eager step, before any graph capture of the same batch size)."""
         key = (n, np.dtype(dtype).name)
         if key not in self._buffers:
-            self._buffers[key] = self.xp.empty((n,), dtype=dtype)
+            self._buffers[key] = self.xp.empty((n, 2), dtype=dtype)
         return self._buffers[key]
 
     # -- fused optimizers over the flat buffer -----------------------------------------------------
@@ -404,11 +415,11 @@ class CupyOps(ArrayOps):
         ref = ArrayOps(self.backend)
         a_ref = ref.activation(out, self._dev(z, dtype), self._dev(0 * z, dtype))
         d_ref = self._dev(0 * z, dtype)
-        v_ref = ref.loss_delta(loss, out, self._dev(z, dtype), a_ref, self._dev(y, dtype), d_ref)
+        v_ref, c_ref = ref.loss_delta_correct(loss, out, self._dev(z, dtype), a_ref, self._dev(y, dtype), d_ref, True)
         a, d = self._dev(0 * z, dtype), self._dev(0 * z, dtype)
-        v = kernel(self._dev(z, dtype), self._dev(y, dtype), a, d)
-        return (self._compare("loss", v, v_ref, dtype) or self._compare("outputs", a, a_ref, dtype)
-                or self._compare("delta", d, d_ref, dtype))
+        sums = kernel(self._dev(z, dtype), self._dev(y, dtype), a, d)
+        return (self._compare("loss", sums[0], v_ref, dtype) or self._compare("outputs", a, a_ref, dtype)
+                or self._compare("delta", d, d_ref, dtype) or self._compare("correct count", sums[1], c_ref, dtype))
 
     def _check_softmax_xent(self, rng, dtype):
         return self._check_loss(rng, dtype, "cross_entropy", "softmax", self._k_softmax_xent)
@@ -654,7 +665,7 @@ class GraphStep:
         model, ops, opt, ws, B = t.model, t.model.backend.ops, t.opt, t.ws, t.B
         x = ops.take_rows(t.Xd, self.idx, ws.a[0][:B, ...])
         y = ops.take_rows(t.Yd, self.idx, ws.y[:B, ...])
-        value, a_out = model._step_gradients(x, y, ws, t.loss, train=True)
+        value, _, correct = model._step_gradients(x, y, ws, t.loss, train=True, count=t.classification)
         if self.hp is not None:
             st = opt.state
             ops.adam_device(model.params, model.grads, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"),
@@ -664,7 +675,7 @@ class GraphStep:
                     dampening=opt.dampening, weight_decay=opt.weight_decay, nesterov=opt.nesterov, first=False)
         self.loss_buf[...] = value
         if t.classification:
-            self.correct_buf[...] = ops.correct(t.loss, a_out, y)
+            self.correct_buf[...] = correct
 
     def _capture(self):
         opt = self.t.opt

@@ -261,17 +261,19 @@ class MLP:
                 value = value + self.l1 * xp.sum(xp.abs(W))
         return value
 
-    def _step_gradients(self, x, y, ws, loss, train):
-        """Forward + backward on one batch; returns (loss 0-d array, output activations)."""
+    def _step_gradients(self, x, y, ws, loss, train, count=False):
+        """Forward + backward on one batch; returns (loss 0-d array, output activations, number correct as a
+        0-d array when ``count``, else None)."""
         ops = self.backend.ops
         # the fused CUDA cross-entropy kernels write the softmax/sigmoid outputs themselves: not twice
         a_out, inputs = self._forward(x, ws, train=train, output=not ops.loss_writes_output(loss, self.output_activation))
         r = x.shape[0]
-        value = ops.loss_delta(loss, self.output_activation, ws.z[:r, ...], a_out, y, ws.delta[-1][:r, ...])
+        value, correct = ops.loss_delta_correct(loss, self.output_activation, ws.z[:r, ...], a_out, y,
+                                                ws.delta[-1][:r, ...], count)
         self._backward(ws, inputs, train)
         if self.l1 or self.l2:
             value = value + self._penalty()
-        return value, a_out
+        return value, a_out, correct
 
     # ------------------------------------------------------------------ public API
     def _resolve_loss(self, loss):
@@ -339,7 +341,7 @@ class MLP:
         Xd, Yd = self._upload(X, y, loss)
         with self.backend.activate():
             ws = self._workspace(Xd.shape[0])
-            value, _ = self._step_gradients(Xd, Yd, ws, loss, train=False)
+            value, _, _ = self._step_gradients(Xd, Yd, ws, loss, train=False)
             return self.backend.item(value), _init.split(self._dense(self.backend.to_host(self.grads)), self.shapes)
 
     def _predict_device(self, Xd, batch_size):

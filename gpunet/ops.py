@@ -75,6 +75,12 @@ class ArrayOps:
         delta[...] = losses.delta(loss, output_activation, z, a, y)
         return losses.value(loss, z, a, y)
 
+    def loss_delta_correct(self, loss, output_activation, z, a, y, delta, count):
+        """:meth:`loss_delta` and, when ``count``, the number of correct predictions (:meth:`correct`) as a
+        0-d device array (else None); the fused CUDA losses produce both in one kernel and one sum."""
+        value = self.loss_delta(loss, output_activation, z, a, y, delta)
+        return value, (self.correct(loss, a, y) if count else None)
+
     def loss_writes_output(self, loss, output_activation):
         """Whether :meth:`loss_delta` computes the output activations itself (then the forward pass of a
         gradient step leaves them to it): only the fused CUDA cross-entropy kernels do."""

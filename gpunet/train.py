@@ -392,10 +392,10 @@ class _Trainer:
             return fused
         x = ops.take_rows(self.Xd, rows, ws.a[0][:r, ...])
         yb = ops.take_rows(self.Yd, rows, ws.y[:r, ...])
-        value, a_out = model._step_gradients(x, yb, ws, self.loss, train=True)
+        value, _, correct = model._step_gradients(x, yb, ws, self.loss, train=True, count=self.classification)
         self._reduce_gradients(weight)
         self.opt.step(model.params, model.grads, ops)
-        return value, ops.correct(self.loss, a_out, yb) if self.classification else None
+        return value, correct
 
     def _reduce_gradients(self, weight):
         if self.reducer is not None:

@@ -134,3 +134,14 @@ def test_dropout_generator_matches_the_reference(harness):
     kernels.dropout_reference(np, out, seed, 0.3)
     np.testing.assert_array_equal(np.where(u >= 0.3, 1 / 0.7, 0.0), out)
     assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_hit_counts_like_numpy_argmax(harness, dtype, rng):
+    """gn_row_hit (the fused accuracy count): argmax of outputs == argmax of targets, first of equal maxima."""
+    rows, k = 40, 4
+    a = rng.integers(0, 3, (rows, k)).astype(float)  # many ties
+    y = rng.integers(0, 2, (rows, k)).astype(float)
+    out = harness("row_hit", dtype, np.concatenate([[rows, k], a.ravel(), y.ravel()]))
+    np.testing.assert_array_equal(out, (a.argmax(axis=1) == y.argmax(axis=1)).astype(float))
+    assert 0 < out.sum() < rows
