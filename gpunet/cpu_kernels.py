@@ -91,11 +91,13 @@ if numba is not None:
     def _adam(p, g, m, v, vmax, lr, beta1, beta2, eps, wd, step_size, bc2_sqrt, amsgrad, decoupled, tiny):
         one = p.dtype.type(1.0)
         zero = p.dtype.type(0.0)
-        # Moments below the smallest normal number are flushed to zero (a select: the loop still
-        # vectorises). The moments of parameters whose gradient is zero (dead ReLUs) decay by beta1 per
-        # step into the subnormal range, where every operation on them costs ~100 cycles: without the
-        # flush the seed's sinc net slows from 72 to 340 us per step once it has converged. The effect on
-        # the parameters is below lr * tiny / eps (~1e-33 in float32), far below their rounding.
+        # First moments below the smallest normal number are flushed to zero (a select: the loop still
+        # vectorises; NaN passes through). The first moments of parameters whose gradient is zero (dead
+        # ReLUs) decay by beta1 per step into the subnormal range, where every operation on them costs ~100
+        # cycles: without the flush the seed's sinc net slows from 72 to 340 us per step once it has
+        # converged. A flushed m moves its parameter by less than lr * tiny / sqrt(smallest subnormal v)
+        # (lr * 3e-16 in float32, lr * 1e-146 in float64), below any normal parameter's rounding. The second
+        # moment is not flushed: it decays 100x slower, and zeroing it would turn m / sqrt(v) into m / eps.
         # Branch-free loop (it vectorises: ~2x faster than testing the flags per element): Adam's
         # coupled decay is g + wd*p with decay 1; AdamW's is p*(1 - lr*wd) with a coupled wd of 0.
         # Multiplying by exactly 1 or adding exactly 0 leaves finite values unchanged.
@@ -106,9 +108,8 @@ if numba is not None:
                 pi = p[i] * decay
                 gi = g[i] + coupled * pi
                 mi = m[i] + (one - beta1) * (gi - m[i])
-                mi = mi if abs(mi) >= tiny else zero
+                mi = zero if abs(mi) < tiny else mi
                 vi = v[i] * beta2 + (one - beta2) * gi * gi
-                vi = vi if vi >= tiny else zero
                 vm = vmax[i] if vmax[i] > vi else vi
                 m[i], v[i], vmax[i] = mi, vi, vm
                 p[i] = pi - step_size * (mi / (math.sqrt(vm) / bc2_sqrt + eps))
@@ -117,9 +118,8 @@ if numba is not None:
             pi = p[i] * decay
             gi = g[i] + coupled * pi
             mi = m[i] + (one - beta1) * (gi - m[i])
-            mi = mi if abs(mi) >= tiny else zero
+            mi = zero if abs(mi) < tiny else mi
             vi = v[i] * beta2 + (one - beta2) * gi * gi
-            vi = vi if vi >= tiny else zero
             m[i], v[i] = mi, vi
             p[i] = pi - step_size * (mi / (math.sqrt(vi) / bc2_sqrt + eps))
 

@@ -129,6 +129,7 @@ class CupyOps(ArrayOps):
         self.live = {name: name not in GRAPH_PATHS for name in FAST_PATHS}
         self.reasons = {name: None for name in FAST_PATHS}
         self._graphs_checked = False
+        self._graph_lock = threading.RLock()  # one graph check; other threads wait for its verdict
         self.gemm = None  # the gpunet.cublas.Gemm that passed check_graphs()
         # per thread: the (stream, Gemm) of the graph this thread is capturing, if any (predict may run in
         # another thread meanwhile: its GEMMs must not be recorded into this thread's graph)
@@ -471,7 +472,12 @@ class CupyOps(ArrayOps):
     def check_graphs(self):
         """Check the cuBLAS C-API GEMMs against ``xp.matmul`` and then a small network trained with CUDA
         graphs against eager training, once per process; returns None when graphs can be used, else the
-        reason (the failing path is switched off with one warning)."""
+        reason (the failing path is switched off with one warning). Other threads wait for the verdict; the
+        check's own fits (this thread, the lock is re-entrant) see the paths it has passed so far."""
+        with self._graph_lock:
+            return self._check_graphs_locked()
+
+    def _check_graphs_locked(self):
         if self._graphs_checked:
             return self.graph_reason()
         self._graphs_checked = True

@@ -971,3 +971,34 @@ def test_each_graph_has_its_own_cublas_handle(graphs, rng):
         gn.MLP([6, 8, 3], "relu", "softmax", device=graphs, seed=seed).fit(X, y, batch_size=16, verbose=0,
                                                                             cuda_graph=True)
     assert graphs.cublas.handles == handles + 2
+
+
+def test_a_second_thread_waits_for_the_graph_check_verdict(graphs, rng, monkeypatch):
+    """Another thread's first fit(cuda_graph=...) during the check waits for it instead of seeing the
+    half-done check (paths not yet passed, or passed provisionally)."""
+    import threading
+    import time
+
+    X, y = rng.standard_normal((40, 5)), rng.integers(0, 3, 40)
+    seen, threads = [], []
+    real = kernels.CupyOps._check_cublas_gemm
+
+    def other():
+        try:
+            hist = gn.MLP([5, 4, 3], "relu", "softmax", device=graphs, seed=2).fit(
+                X, y, batch_size=8, verbose=0, cuda_graph="require")
+            seen.append(hist.cuda_graph)
+        except Exception as exc:  # the failure this test is about
+            seen.append(exc)
+
+    def slow_check(self):
+        threads.append(threading.Thread(target=other))
+        threads[0].start()
+        time.sleep(0.2)  # the other thread reaches the check meanwhile
+        return real(self)
+    monkeypatch.setattr(kernels.CupyOps, "_check_cublas_gemm", slow_check)
+    hist = gn.MLP([5, 4, 3], "relu", "softmax", device=graphs, seed=1).fit(X, y, batch_size=8, verbose=0,
+                                                                           cuda_graph="require")
+    threads[0].join(10)
+    assert hist.cuda_graph["replays"] > 0
+    assert len(seen) == 1 and isinstance(seen[0], dict) and seen[0]["replays"] > 0, seen

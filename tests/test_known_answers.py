@@ -105,9 +105,27 @@ def test_fused_adam_flushes_subnormal_moments(dtype, amsgrad):
     expected_m = m + (dtype(1) - dtype(0.9)) * (g - m)
     cpu_kernels.adam_step(p, g, m, v, vmax, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                           step_size=1e-3, bc2_sqrt=1.0, amsgrad=amsgrad, decoupled=False)
-    assert m[0] == 0 and v[0] == 0 and m[1] > 0
+    assert m[0] == 0 and m[1] > 0
     np.testing.assert_allclose(m[1:], expected_m[1:], rtol=1e-6)
+    assert v[0] > 0  # the second moment is kept: zeroing it would turn m / sqrt(v) into m / eps
     assert p[0] == 1.0 and p[1] == 2.0 and p[2] < 3.0  # a moment of ~1e-38 moves nothing
+
+
+def test_fused_adam_keeps_nan_and_tiny_eps_behaviour():
+    """The flush neither hides a NaN gradient nor changes the update of tiny-but-normal gradients with eps=0."""
+    from gpunet import cpu_kernels
+
+    if cpu_kernels.adam_step is None:
+        pytest.skip("Numba is not installed")
+    for g, eps in (([np.nan, 0.5], 1e-8), ([1e-19, 0.5], 0.0)):
+        results = []
+        for ops in (gn.backend.CPU.ops, None):
+            p = np.array([1.0, 1.0], dtype=np.float32)
+            opt = gn.Adam(lr=1e-3, eps=eps)
+            opt.bind(p)
+            opt.step(p, np.array(g, dtype=np.float32), ops)
+            results.append(p)
+        np.testing.assert_array_equal(results[0], results[1])
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
