@@ -571,10 +571,12 @@ def enforce_cupy_gemm_mode(tf32, notes):
     cupy/_core/_routines_linalg.pxd) are CuPy 14.2's; a note says when it had to change."""
     from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
 
+    from gpunet import backend  # noqa: PLC0415
+
     want = linalg.COMPUTE_TYPE_TF32 if tf32 else linalg.COMPUTE_TYPE_DEFAULT
     have = linalg.get_compute_type(np.float32)
     if have != want:
-        linalg.set_compute_type(np.float32, want)
+        backend.set_tf32(tf32)  # sets CuPy's compute type once CuPy is imported
         notes.append(f"CuPy's float32 GEMM mode had been fixed to {linalg.compute_type_to_str(have)} by an earlier "
                      f"matmul in this process; set to {linalg.compute_type_to_str(want)} for the benchmark")
 

@@ -670,7 +670,7 @@ def _cmd_train(args):
         "seconds_total": seconds + sum(previous.get("seconds", [])),
         "samples_per_s": (len(X) * len(hist.epoch) / sum(hist.seconds)) if hist.seconds else None,
         "interrupted": hist.interrupted, "gpunet_version": gn.__version__, "preset": cfg.get("preset"),
-        "cuda_graph": getattr(hist, "cuda_graph", None), "fast_paths": getattr(hist, "fast_paths", {}),
+        "cuda_graph": hist.cuda_graph, "fast_paths": hist.fast_paths,
     }
     if "accuracy" in result or data.classes is not None:
         metrics[f"{prefix}_accuracy"] = result.get("accuracy", model.score(Xt, yt) if model.classes is not None

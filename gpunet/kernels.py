@@ -130,8 +130,7 @@ class CupyOps(ArrayOps):
         self.reasons = {name: None for name in FAST_PATHS}
         self._graphs_checked = False
         self._graph_lock = threading.RLock()  # one graph check; other threads wait for its verdict
-        self.gemm = None  # the gpunet.cublas.Gemm that passed check_graphs()
-        # per thread: the (stream, Gemm) of the graph this thread is capturing, if any (predict may run in
+        # per thread: the C-API GEMM of the graph this thread is capturing, if any (predict may run in
         # another thread meanwhile: its GEMMs must not be recorded into this thread's graph)
         self._capturing = threading.local()
         self.adam = self._adam
@@ -251,29 +250,34 @@ class CupyOps(ArrayOps):
                      self._scalar(out, 1.0 / (1.0 - rate)))
         return out
 
+    def _fused_loss(self, loss):
+        """The live fused kernel for ``loss`` (softmax / sigmoid cross-entropy), or None."""
+        if loss == "cross_entropy" and self.live["softmax_xent"]:
+            return self._k_softmax_xent
+        if loss == "binary_cross_entropy" and self.live["sigmoid_xent"]:
+            return self._k_sigmoid_xent
+        return None
+
     def loss_writes_output(self, loss, output_activation):
         """Whether :meth:`loss_delta` writes the output activations itself (the fused softmax / sigmoid
         cross-entropy kernels), so the forward pass of a training step need not compute them first."""
-        return (loss == "cross_entropy" and self.live["softmax_xent"]) or \
-            (loss == "binary_cross_entropy" and self.live["sigmoid_xent"])
+        return self._fused_loss(loss) is not None
 
     def loss_delta_correct(self, loss, output_activation, z, a, y, delta, count):
         """Softmax-CE: one kernel writes probabilities, delta, and per row the loss and whether the row is
         classified correctly; one column sum gives (loss, number correct). Sigmoid-BCE likewise per element.
         Other losses use the reference expressions."""
-        if loss == "cross_entropy" and self.live["softmax_xent"]:
-            sums = self._k_softmax_xent(z, y, a, delta)
-        elif loss == "binary_cross_entropy" and self.live["sigmoid_xent"]:
-            sums = self._k_sigmoid_xent(z, y, a, delta)
-        else:
+        kernel = self._fused_loss(loss)
+        if kernel is None:
             return super().loss_delta_correct(loss, output_activation, z, a, y, delta, count)
+        sums = kernel(z, y, a, delta)
         return sums[0], (sums[1] if count else None)
 
     def loss_delta(self, loss, output_activation, z, a, y, delta):
-        if (loss == "cross_entropy" and self.live["softmax_xent"]) or \
-                (loss == "binary_cross_entropy" and self.live["sigmoid_xent"]):
-            return self.loss_delta_correct(loss, output_activation, z, a, y, delta, False)[0]
-        return super().loss_delta(loss, output_activation, z, a, y, delta)
+        kernel = self._fused_loss(loss)
+        if kernel is None:
+            return super().loss_delta(loss, output_activation, z, a, y, delta)
+        return kernel(z, y, a, delta)[0]
 
     def _k_softmax_xent(self, z, y, a, delta):
         rows, k = z.shape
@@ -493,7 +497,6 @@ class CupyOps(ArrayOps):
         except Exception as exc:  # no libcublas, a wrong result, a failed call
             failed["cublas_gemm"] = _describe(exc)
             failed["graph_capture"] = "not tried: the captured GEMMs need cublas_gemm"
-            self.gemm = None
         if not failed:
             self.live["graph_capture"] = True  # provisional: the check's own fits capture and replay
             try:
@@ -513,7 +516,8 @@ class CupyOps(ArrayOps):
         return None
 
     def _check_cublas_gemm(self):
-        self.gemm = make_gemm(self.backend)
+        """The C-API GEMM on a handle of its own (each graph later gets its own) against ``xp.matmul``."""
+        gemm = make_gemm(self.backend)
         rng = np.random.default_rng(7)
         stream = self.xp.cuda.get_current_stream()
         for dtype in ("float32", "float64"):
@@ -522,10 +526,10 @@ class CupyOps(ArrayOps):
             cases = ((a, b, (9, 5), False, False), (a, c, (6, 5), True, False), (c, b, (9, 6), False, True))
             for x, y, shape, ta, tb in cases:
                 out = self._dev(np.zeros(shape), dtype)
-                self.gemm.bind(stream.ptr)
-                self.gemm(self._dev(x, dtype), self._dev(y, dtype), out, ta, tb)
+                gemm.bind(stream.ptr)
+                gemm(self._dev(x, dtype), self._dev(y, dtype), out, ta, tb)
                 ref = self.xp.matmul(self._dev(x.T if ta else x, dtype), self._dev(y.T if tb else y, dtype))
-                why = self._compare(f"{dtype} op(a)@op(b) ta={ta} tb={tb}", out, ref, dtype, tf32=self.gemm.tf32)
+                why = self._compare(f"{dtype} op(a)@op(b) ta={ta} tb={tb}", out, ref, dtype, tf32=gemm.tf32)
                 if why:
                     raise RuntimeError(f"wrong result: {why}")
 
