@@ -5,16 +5,14 @@
 >>> (X, y), (Xt, yt) = gn.datasets.load_mnist()
 >>> hist = net.fit(X, y, epochs=10, batch_size=128, optimizer=gn.Adam(lr=1e-3))
 """
-__version__ = "0.1.0"
-
 from gpunet import callbacks, datasets
-from gpunet.backend import DeviceUnavailableError, OutOfMemoryError, devices
+from gpunet._version import __version__
+from gpunet.backend import devices
 from gpunet.callbacks import Callback, CosineDecay, EarlyStopping, LearningRateScheduler, ModelCheckpoint, StepDecay
-from gpunet.io import load
-from gpunet.model import MLP
+from gpunet.errors import DeviceUnavailableError, DivergenceError, OutOfMemoryError
+from gpunet.model import MLP, load
 from gpunet.optim import SGD, Adam, AdamW
 from gpunet.stack import MLPStack
-from gpunet.train import DivergenceError
 
 
 def __getattr__(name):

@@ -17,18 +17,12 @@ import sys
 
 import numpy as np
 
+from gpunet.errors import DeviceUnavailableError, OutOfMemoryError
+
 log = logging.getLogger("gpunet")
 
 INSTALL_HINT = "install the CUDA extra matching your driver: pip install 'gpunet[cuda12]' or 'gpunet[cuda13]'"
 DTYPES = ("float32", "float64")
-
-
-class DeviceUnavailableError(RuntimeError):
-    """A CUDA device was requested but cannot be used; the message says why and what to install."""
-
-
-class OutOfMemoryError(MemoryError):
-    """The device (or host) ran out of memory; the message says what did not fit and what to try."""
 
 
 def namespace(a):
@@ -39,7 +33,7 @@ def namespace(a):
     if get is not None:
         return get()
     if type(a).__module__.partition(".")[0] == "cupy":
-        return _import_cupy()
+        return import_cupy()
     raise TypeError(f"expected an array (NumPy, CuPy or Array-API), got {type(a).__name__}")
 
 
@@ -74,7 +68,7 @@ def tf32_effective() -> bool:
     return linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
 
 
-def _import_cupy():
+def import_cupy():
     """Return the ``cupy`` module or raise ``ImportError`` (never anything else)."""
     if os.environ.get("GPUNET_TF32") == "1" and "CUPY_TF32" not in os.environ:
         set_tf32(True)
@@ -92,7 +86,7 @@ def cuda_status(index: int = 0) -> tuple[bool, str]:
     Returns ``(True, "<device name>")`` or ``(False, "<reason>")``; never raises.
     """
     try:
-        cupy = _import_cupy()
+        cupy = import_cupy()
     except ImportError as exc:
         return False, str(exc)
     try:
@@ -120,7 +114,7 @@ def devices() -> list[str]:
     ok, _ = cuda_status(0)
     if not ok:
         return names
-    cupy = _import_cupy()
+    cupy = import_cupy()
     for i in range(cupy.cuda.runtime.getDeviceCount()):
         if cuda_status(i)[0]:
             names.append(f"cuda:{i}")
@@ -138,12 +132,11 @@ class Backend:
     xp : module
         The array namespace (``numpy``, ``cupy`` or an Array-API namespace).
     kind : {"numpy", "cupy", "generic"}
-        Selects the fast primitives in :mod:`gpunet.ops`.
+        Selects the fast primitives (:func:`gpunet.ops.get_ops`).
     """
 
     def __init__(self, name, xp, kind, device=None):
         self.name, self.xp, self.kind, self.device = name, xp, kind, device
-        self._ops = None
 
     def __repr__(self):
         return f"Backend({self.name!r})"
@@ -151,14 +144,6 @@ class Backend:
     @property
     def is_gpu(self) -> bool:
         return self.kind == "cupy"
-
-    @property
-    def ops(self):
-        """The primitive set for this backend (reference, NumPy ``out=`` or fused CUDA)."""
-        if self._ops is None:
-            from gpunet import ops  # noqa: PLC0415  (ops imports activations, which import nothing here)
-            self._ops = ops.for_backend(self)
-        return self._ops
 
     def dtype(self, name: str):
         """The namespace's dtype object for ``"float32"``/``"float64"``/``"int64"``/``"bool"``."""
@@ -262,7 +247,7 @@ def _cuda_backend(index: int) -> Backend:
     ok, why = cuda_status(index)
     if not ok:
         raise DeviceUnavailableError(f"cannot use cuda:{index}: {why}; {install_hint(why)}")
-    cupy = _import_cupy()
+    cupy = import_cupy()
     return _cached_cuda_backend(index, cupy)
 
 
@@ -321,17 +306,6 @@ def resolve(device="auto") -> Backend:
             raise ValueError(f"bad device {what}: expected 'cuda:N' with N a device number >= 0")
         return _cuda_backend(index)
     raise ValueError(f"unknown device {what}; choose one of 'auto', 'cpu', 'cuda', 'cuda:N'")
-
-
-def strict_backend() -> Backend:
-    """Test-only backend on ``array_api_strict``'s non-default device.
-
-    That namespace refuses what CuPy refuses (mixing with NumPy arrays or scalars, ``np.asarray`` on
-    device data, NumPy-only methods), so code that runs under it has no hidden host round-trips.
-    """
-    import array_api_strict as xps  # noqa: PLC0415  (test dependency only)
-
-    return Backend("array_api_strict", xps, "generic", device=xps.Device("device1"))
 
 
 def check_dtype(dtype) -> str:

@@ -10,7 +10,7 @@ import logging
 import math
 import re
 
-from gpunet import validation
+from gpunet import checks
 
 log = logging.getLogger("gpunet")
 
@@ -82,14 +82,14 @@ class EarlyStopping(Callback):
     """
 
     def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto", restore_best_weights=False):
-        patience = validation.check_int("patience", patience)
+        patience = checks.check_int("patience", patience)
         if not isinstance(min_delta, (int, float)) or isinstance(min_delta, bool):
             raise TypeError(f"min_delta must be a number, got {min_delta!r}")
         if patience < 0 or not min_delta >= 0:
             raise ValueError(f"patience and min_delta must be >= 0, got {patience} and {min_delta}")
         if not isinstance(monitor, str):
             raise TypeError(f"monitor must be a metric name such as 'val_loss', got {monitor!r}")
-        restore_best_weights = validation.check_bool("restore_best_weights", restore_best_weights)
+        restore_best_weights = checks.check_bool("restore_best_weights", restore_best_weights)
         self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
         self.mode = _better(mode, monitor)
         self.restore_best_weights = restore_best_weights

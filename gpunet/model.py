@@ -18,12 +18,14 @@ in preallocated per-batch-size workspaces.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 
 import numpy as np
 
-from gpunet import activations, backend as _backend, init as _init, losses, validation
+from gpunet import backend as _backend, checks, metrics, onnx, saving, training
+from gpunet.nn import activations, initializers as _init, losses
+from gpunet.nn.layout import Layout, flatten, split
+from gpunet.ops import get_ops
 
 DEFAULT_EVAL_BATCH = 4096
 
@@ -32,7 +34,7 @@ class _Workspace:
     """Preallocated buffers for batches of up to ``rows`` samples."""
 
     def __init__(self, model, rows):
-        zeros = model._zeros
+        zeros = model.zeros
         sizes = model.layer_sizes
         self.rows = rows
         self.a = [zeros((rows, n)) for n in sizes]  # a[0]: the gathered batch; a[l]: layer l's output
@@ -70,23 +72,27 @@ class MLP:
 
     def __init__(self, layers, hidden_activation="relu", output_activation="linear", *, device="auto",
                  dtype="float32", seed=0, init="glorot", l1=0.0, l2=0.0, dropout=0.0):
-        self.layer_sizes = validation.check_layers(layers)
+        self.layer_sizes = checks.check_layers(layers)
         self.hidden_activation = activations.canonical(hidden_activation, activations.HIDDEN, "hidden activation")
         self.output_activation = activations.canonical(output_activation, activations.OUTPUT, "output activation")
         self.dtype = _backend.check_dtype(dtype)
         if seed is not None:
-            seed = validation.check_int("seed", seed, low=0)
+            seed = checks.check_int("seed", seed, low=0)
         if init not in _init.SCHEMES:
             raise ValueError(f"unknown init {init!r}; choose one of {', '.join(_init.SCHEMES)}")
         self.init = init
-        self.l1 = validation.check_nonnegative("l1", l1)
-        self.l2 = validation.check_nonnegative("l2", l2)
-        self.dropout = validation.check_fraction("dropout", dropout)
+        self.l1 = checks.check_nonnegative("l1", l1)
+        self.l2 = checks.check_nonnegative("l2", l2)
+        self.dropout = checks.check_fraction("dropout", dropout)
         if self.output_activation == "softmax" and self.layer_sizes[-1] == 1:
             raise ValueError("a softmax over one output unit is always 1 (nothing to learn): use "
                              "output_activation='sigmoid' for two classes, or one unit per class")
         self.backend = _backend.resolve(device)
         self.xp = self.backend.xp
+        #: the primitives of this model's device (:func:`gpunet.ops.get_ops`)
+        self.ops = get_ops(self.backend)
+        #: set when the fused CPU step failed to compile for this model (it then uses the NumPy primitives)
+        self.fused_failed = False
         self.seed = seed
         init_rng, self.shuffle_rng, self.dropout_rng = _init.rng_streams(seed)
         self.optimizer = None
@@ -101,6 +107,8 @@ class MLP:
         #: fit/evaluate/score are mapped through it, predict_classes returns them
         self.classes = None
         self._workspaces = {}
+        #: held by fit: one training call at a time per model (predict/evaluate may run meanwhile)
+        self.fit_lock = threading.Lock()
         self._allocate()
         self._write_flat(_init.initial_weights(self.layer_sizes, self.hidden_activation, self.init, init_rng))
 
@@ -112,9 +120,9 @@ class MLP:
     @property
     def n_params(self) -> int:
         """The number of parameters (weights and biases; the flat buffer may hold alignment padding)."""
-        return sum(math.prod(s) for s in self.shapes)
+        return self.layout.n_params
 
-    def _zeros(self, shape):
+    def zeros(self, shape):
         with self.backend.activate():
             if self.backend.kind == "generic":
                 return self.xp.zeros(shape, dtype=self.backend.dtype(self.dtype), device=self.backend.device)
@@ -126,53 +134,30 @@ class MLP:
     ALIGN_BYTES = 16
 
     def _allocate(self):
-        self.shapes = []
-        for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
-            self.shapes += [(n_in, n_out), (n_out,)]
         align = self.ALIGN_BYTES // np.dtype(self.dtype).itemsize if self.backend.is_gpu else 1
-        self.offsets, offset = [], 0
-        for shape in self.shapes:
-            offset = -(-offset // align) * align
-            self.offsets.append(offset)
-            offset += math.prod(shape)
-        total = -(-offset // align) * align
-        self.params = self._zeros((total,))
-        self.grads = self._zeros((total,))
-        views = self._views(self.params)
-        gviews = self._views(self.grads)
+        self.layout = Layout(self.layer_sizes, align)
+        self.shapes, self.offsets = self.layout.shapes, self.layout.offsets
+        self.params = self.zeros((self.layout.size,))
+        self.grads = self.zeros((self.layout.size,))
+        views = self.layout.views(self.xp, self.params)
+        gviews = self.layout.views(self.xp, self.grads)
         self.W, self.b = views[0::2], views[1::2]
         self.dW, self.db = gviews[0::2], gviews[1::2]
 
-    def _views(self, flat):
-        return [self.xp.reshape(flat[o:o + math.prod(shape)], shape) for o, shape in zip(self.offsets, self.shapes)]
+    def padded(self, dense):
+        """Host: a dense parameter vector (the file layout) in this model's flat layout."""
+        return self.layout.padded(dense)
 
-    def _padded(self, dense):
-        """Host: a dense parameter vector (``W1, b1, ...`` back to back, the file layout) in this model's
-        flat layout (zeros between aligned blocks)."""
-        dense = np.asarray(dense)
-        if self.params.shape[0] == dense.shape[0]:
-            return dense
-        out = np.zeros(self.params.shape[0], dtype=dense.dtype)
-        start = 0
-        for o, shape in zip(self.offsets, self.shapes):
-            size = math.prod(shape)
-            out[o:o + size] = dense[start:start + size]
-            start += size
-        return out
-
-    def _dense(self, flat):
+    def dense(self, flat):
         """Host: this model's flat layout back to the dense vector (the file layout)."""
-        flat = np.asarray(flat)
-        if flat.shape[0] == self.n_params:
-            return flat
-        return np.concatenate([flat[o:o + math.prod(shape)] for o, shape in zip(self.offsets, self.shapes)])
+        return self.layout.dense(flat)
 
     def _write_flat(self, host_arrays):
-        self.params[...] = self.backend.to_device(self._padded(_init.flatten(host_arrays)), self.dtype)
+        self.params[...] = self.backend.to_device(self.padded(flatten(host_arrays)), self.dtype)
 
     def get_weights(self):
         """Host copies ``[W1 (n0, n1), b1 (n1,), W2, b2, ...]``."""
-        return _init.split(self._dense(self.backend.to_host(self.params)), self.shapes)
+        return split(self.dense(self.backend.to_host(self.params)), self.shapes)
 
     def set_weights(self, weights):
         """Replace all parameters from host arrays in :meth:`get_weights` order and shapes.
@@ -186,16 +171,16 @@ class MLP:
         host = []
         for i, (w, shape) in enumerate(zip(weights, self.shapes)):
             kind = "W" if i % 2 == 0 else "b"
-            arr = validation.as_float_array(f"{kind}{i // 2 + 1}", w)
+            arr = checks.as_float_array(f"{kind}{i // 2 + 1}", w)
             if arr.shape != shape:
                 raise ValueError(f"{kind}{i // 2 + 1} must have shape {shape}, got {arr.shape}")
-            validation.check_finite(f"{kind}{i // 2 + 1}", arr)
-            validation.check_fits(f"{kind}{i // 2 + 1}", arr, self.dtype)
+            checks.check_finite(f"{kind}{i // 2 + 1}", arr)
+            checks.check_fits(f"{kind}{i // 2 + 1}", arr, self.dtype)
             host.append(arr)
         self._write_flat(host)
 
     # ------------------------------------------------------------------ forward / backward
-    def _workspace(self, rows):
+    def workspace(self, rows):
         """Buffers for batches of ``rows``, one set per thread: predict/evaluate may run in several
         threads at once (fit holds a lock). An evicted workspace stays alive while a call still uses it."""
         key = (rows, threading.get_ident())
@@ -211,7 +196,7 @@ class MLP:
         """Forward pass of ``x`` (r, n_0), r <= ws.rows; returns the output activations (r, n_L)
         and the list of each layer's input (for backprop). ``output=False`` leaves the output activations
         unwritten (the logits are in ``ws.z``) for a loss kernel that computes them itself."""
-        ops = self.backend.ops
+        ops = self.ops
         r = x.shape[0]
         inputs = [x]
         for l in range(len(self.W) - 1):
@@ -229,7 +214,7 @@ class MLP:
     def _backward(self, ws, inputs, train=False):
         """Fill ``grads`` from ``ws.delta[L]`` (dL/dz of the output layer, already computed).
         ``train`` says the forward pass applied the dropout masks in ``ws.mask``."""
-        ops = self.backend.ops
+        ops = self.ops
         r = inputs[0].shape[0]
         delta = ws.delta[-1][:r, ...]
         for l in range(len(self.W) - 1, -1, -1):
@@ -261,10 +246,10 @@ class MLP:
                 value = value + self.l1 * xp.sum(xp.abs(W))
         return value
 
-    def _step_gradients(self, x, y, ws, loss, train, count=False):
+    def step_gradients(self, x, y, ws, loss, train, count=False):
         """Forward + backward on one batch; returns (loss 0-d array, output activations, number correct as a
         0-d array when ``count``, else None)."""
-        ops = self.backend.ops
+        ops = self.ops
         # the fused CUDA cross-entropy kernels write the softmax/sigmoid outputs themselves: not twice
         a_out, inputs = self._forward(x, ws, train=train, output=not ops.loss_writes_output(loss, self.output_activation))
         r = x.shape[0]
@@ -276,7 +261,7 @@ class MLP:
         return value, a_out, correct
 
     # ------------------------------------------------------------------ public API
-    def _resolve_loss(self, loss):
+    def resolve_loss(self, loss):
         if loss is None:
             loss = self.loss or {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}.get(self.output_activation, "mse")
         loss = losses.canonical(loss)
@@ -286,31 +271,36 @@ class MLP:
                              f"{self.output_activation!r}")
         return loss
 
-    def _upload(self, X, y, loss, name="X"):
+    def upload(self, X, y, loss, name="X", targets=True):
         """Validate on the host, then upload ``X`` (standardised on the device when the model has
-        ``input_mean``/``input_scale``) and float targets ``Y`` (n, n_L) once."""
-        if self.backend.kind == "cupy" and validation.is_device_array(X):
+        ``input_mean``/``input_scale``) and float targets ``Y`` (n, n_L) once: the one door every fit,
+        evaluation and prediction of MLP, MLPStack and the estimators goes through. ``targets=False``
+        (prediction) uploads ``X`` alone; otherwise ``y`` is required."""
+        if targets and y is None:
+            what = "y" if name == "X" else f"the {name.rpartition(' X')[0] or name} targets"
+            raise ValueError(f"{what} is required: pass the targets as well as the inputs (got None)")
+        if self.backend.kind == "cupy" and checks.is_device_array(X):
             Xd = self.backend.adopt(X, self.layer_sizes[0], self.dtype, name)  # stays on the device
             Xh = Xd  # only its shape is read below
         else:
-            Xh = validation.check_fits(name, validation.check_X(X, self.layer_sizes[0], name), self.dtype)
+            Xh = checks.check_fits(name, checks.check_X(X, self.layer_sizes[0], name), self.dtype)
             Xd = self.backend.to_device(Xh, self.dtype)
         if self.input_mean is not None or self.input_scale is not None:
             Xd = self._standardise(Xd)
-        if y is None:
+        if not targets:
             return Xd, None
         yname = "y" if name == "X" else f"{name} targets"
-        if self.backend.kind == "cupy" and validation.is_device_array(y):  # labels are checked on the host
+        if self.backend.kind == "cupy" and checks.is_device_array(y):  # labels are checked on the host
             y = self.backend.to_host(y if isinstance(y, self.xp.ndarray) else self.xp.from_dlpack(y))
-        Yh = validation.check_targets(self.encode_labels(y, yname), Xh.shape[0], self.layer_sizes[-1], loss, yname)
-        validation.check_fits(yname, Yh, self.dtype)
+        Yh = checks.check_targets(self.encode_labels(y, yname), Xh.shape[0], self.layer_sizes[-1], loss, yname)
+        checks.check_fits(yname, Yh, self.dtype)
         return Xd, self.backend.to_device(Yh, self.dtype)
 
     def _standardise(self, Xd):
         """``(Xd - input_mean) / input_scale`` on the device (a new array: the upload may share the
         caller's host memory on the CPU)."""
         n = self.layer_sizes[0]
-        mean, scale = validation.check_standardisation(self.input_mean, self.input_scale, n)
+        mean, scale = checks.check_standardisation(self.input_mean, self.input_scale, n)
         with self.backend.activate():
             return (Xd - self.backend.to_device(mean.reshape(1, n), self.dtype)) / \
                 self.backend.to_device(scale.reshape(1, n), self.dtype)
@@ -337,17 +327,17 @@ class MLP:
         Returns ``(value, grads)`` with ``grads`` host arrays in :meth:`get_weights` order/shapes.
         The value is what :meth:`evaluate` reports as ``"loss"``.
         """
-        loss = self._resolve_loss(loss)
-        Xd, Yd = self._upload(X, y, loss)
+        loss = self.resolve_loss(loss)
+        Xd, Yd = self.upload(X, y, loss)
         with self.backend.activate():
-            ws = self._workspace(Xd.shape[0])
-            value, _, _ = self._step_gradients(Xd, Yd, ws, loss, train=False)
-            return self.backend.item(value), _init.split(self._dense(self.backend.to_host(self.grads)), self.shapes)
+            ws = self.workspace(Xd.shape[0])
+            value, _, _ = self.step_gradients(Xd, Yd, ws, loss, train=False)
+            return self.backend.item(value), split(self.dense(self.backend.to_host(self.grads)), self.shapes)
 
     def _predict_device(self, Xd, batch_size):
         rows = min(batch_size, Xd.shape[0])
-        ws = self._workspace(rows)
-        out = self._zeros((Xd.shape[0], self.layer_sizes[-1]))
+        ws = self.workspace(rows)
+        out = self.zeros((Xd.shape[0], self.layer_sizes[-1]))
         for s in range(0, Xd.shape[0], rows):
             a, _ = self._forward(Xd[s:s + rows, ...], ws)
             out[s:s + rows, ...] = a
@@ -355,8 +345,8 @@ class MLP:
 
     def predict(self, X, batch_size=DEFAULT_EVAL_BATCH):
         """Output activations for ``X`` (n, n_0) as a host array (n, n_L)."""
-        batch_size = validation.check_int("batch_size", batch_size, low=1)
-        Xd, _ = self._upload(X, None, None)
+        batch_size = checks.check_int("batch_size", batch_size, low=1)
+        Xd, _ = self.upload(X, None, None, targets=False)
         with self.backend.activate():
             return self.backend.to_host(self._predict_device(Xd, batch_size))
 
@@ -382,26 +372,21 @@ class MLP:
         """scikit-learn's ``score``: accuracy for classifiers (cross-entropy losses, or a softmax /
         sigmoid output before any training), the coefficient of determination R^2 otherwise
         (averaged uniformly over outputs, as ``sklearn.metrics.r2_score``)."""
-        loss = self._resolve_loss(None)
+        loss = self.resolve_loss(None)
         p = self.predict(X, batch_size)  # validates X (host or device arrays)
         n = p.shape[0]
         if loss in losses.CLASSIFICATION:
-            Y = validation.check_targets(self.encode_labels(y), n, self.layer_sizes[-1], loss)
+            Y = checks.check_targets(self.encode_labels(y), n, self.layer_sizes[-1], loss)
             if loss == "cross_entropy":
                 return float(np.mean(p.argmax(axis=1) == Y.argmax(axis=1)))
             return float(np.mean((p > 0.5) == (Y > 0.5)))
-        Y = validation.check_targets(y, n, self.layer_sizes[-1], loss)
-        ss_res = ((Y - p) ** 2).sum(axis=0)
-        ss_tot = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
-        # constant targets: sklearn scores 1 for a perfect fit, 0 otherwise
-        r2 = np.where(ss_tot > 0, 1.0 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0), np.where(ss_res == 0, 1.0, 0.0))
-        return float(r2.mean())
+        return metrics.r2_score(checks.check_targets(y, n, self.layer_sizes[-1], loss), p)
 
-    def _evaluate_device(self, Xd, Yd, loss, batch_size=DEFAULT_EVAL_BATCH, penalty=True):
+    def evaluate_device(self, Xd, Yd, loss, batch_size=DEFAULT_EVAL_BATCH, penalty=True):
         """Loss (plus penalty) and accuracy of device data; one host read at the end."""
         n = Xd.shape[0]
         rows = min(batch_size, n)
-        ws = self._workspace(rows)
+        ws = self.workspace(rows)
         total = correct = 0.0
         for s in range(0, n, rows):
             x, y = Xd[s:s + rows, ...], Yd[s:s + rows, ...]
@@ -409,7 +394,7 @@ class MLP:
             r = x.shape[0]
             total = total + r * losses.value(loss, ws.z[:r, ...], a, y)
             if loss in losses.CLASSIFICATION:
-                correct = correct + self.backend.ops.correct(loss, a, y)
+                correct = correct + self.ops.correct(loss, a, y)
         if penalty and (self.l1 or self.l2):
             total = total + n * self._penalty_value()
         result = {"loss": self.backend.item(total) / n}
@@ -423,11 +408,11 @@ class MLP:
         The loss is the training objective: the data loss plus the L1/L2 penalty; ``penalty=False``
         reports the data loss alone (to compare models with different penalties).
         """
-        loss = self._resolve_loss(loss)
-        batch_size = validation.check_int("batch_size", batch_size, low=1)
-        Xd, Yd = self._upload(X, y, loss)
+        loss = self.resolve_loss(loss)
+        batch_size = checks.check_int("batch_size", batch_size, low=1)
+        Xd, Yd = self.upload(X, y, loss)
         with self.backend.activate():
-            return self._evaluate_device(Xd, Yd, loss, batch_size, penalty=bool(penalty))
+            return self.evaluate_device(Xd, Yd, loss, batch_size, penalty=bool(penalty))
 
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
             shuffle=True, callbacks=None, verbose=1, cuda_graph=None, distributed=False, shard=False,
@@ -435,26 +420,20 @@ class MLP:
         """Train with mini-batch gradient descent; returns a :class:`gpunet.callbacks.History`.
 
         ``optimizer=None`` continues with the model's previous optimizer (state included; after
-        :func:`gpunet.load` the saved one), or starts ``Adam()``. See :func:`gpunet.train.fit`.
+        :func:`gpunet.load` the saved one), or starts ``Adam()``. See :func:`gpunet.training.fit`.
         """
-        from gpunet import train  # noqa: PLC0415  (train imports model)
-
-        return train.fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
+        return training.fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
                          validation_data=validation_data, shuffle=shuffle, callbacks=callbacks, verbose=verbose,
                          cuda_graph=cuda_graph, distributed=distributed, shard=shard,
                          validation_split=validation_split, record=record)
 
     def save(self, path, **kwargs):
         """Write ``path`` (.npz: weights, optimizer state, JSON metadata; atomic, no pickle)."""
-        from gpunet import io  # noqa: PLC0415
-
-        return io.save(self, path, **kwargs)
+        return saving.save(self, path, **kwargs)
 
     def to_onnx(self, path):
         """Write the network as an ONNX graph (Gemm + activation nodes) that onnxruntime and other ONNX
         runtimes execute; needs ``pip install 'gpunet[onnx]'``. See :mod:`gpunet.onnx`."""
-        from gpunet import onnx  # noqa: PLC0415  (optional extra)
-
         return onnx.export(self, path)
 
     def summary(self) -> str:
@@ -482,3 +461,23 @@ class MLP:
 def _copy_into(out, a):
     out[...] = a
     return out
+
+
+def load(path, device="auto", dtype=None):
+    """Rebuild a model saved with :meth:`MLP.save` on ``device`` (optimizer and RNG state included, so ``fit``
+    continues where it stopped). ``dtype`` overrides the saved one (``"float32"``/``"float64"``).
+
+    Raises ``ValueError`` naming the file when it is not a valid gpunet model; a bad ``device`` or ``dtype``
+    argument is reported as the caller's error, not the file's."""
+    be = _backend.resolve(device)  # a bad device is the caller's error, not the file's
+    if dtype is not None:
+        dtype = _backend.check_dtype(dtype)
+    meta, arrays = saving.read(path)
+    try:
+        model = MLP(meta["layers"], meta["hidden_activation"], meta["output_activation"], device=be,
+                    dtype=dtype or meta["dtype"], seed=meta["seed"], init=meta["init"], l1=meta["l1"], l2=meta["l2"],
+                    dropout=meta["dropout"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: invalid architecture in metadata ({exc})") from None
+    saving.restore_into(model, path, meta, arrays)
+    return model

@@ -10,7 +10,13 @@ model's dtype, with a symbolic batch dimension. Opset 17 and IR version 8, which
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+from gpunet._files import atomic_write
+from gpunet._optional import import_optional
+from gpunet._version import __version__
 
 OPSET = 17
 IR_VERSION = 8
@@ -18,12 +24,8 @@ _NODES = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softmax": "Soft
 
 
 def _onnx():
-    try:
-        import onnx  # noqa: PLC0415  (optional extra)
-        from onnx import helper, numpy_helper  # noqa: PLC0415
-    except ImportError as exc:
-        raise ImportError(f"ONNX export needs the onnx package: pip install 'gpunet[onnx]' ({exc})") from None
-    return onnx, helper, numpy_helper
+    onnx = import_optional("onnx", "ONNX export")
+    return onnx, import_optional("onnx.helper", "ONNX export"), import_optional("onnx.numpy_helper", "ONNX export")
 
 
 def to_model_proto(model):
@@ -62,7 +64,6 @@ def to_model_proto(model):
         [helper.make_tensor_value_info("X", elem, ["batch", model.layer_sizes[0]])],
         [helper.make_tensor_value_info("Y", elem, ["batch", model.layer_sizes[-1]])],
         initializer=inits)
-    from gpunet import __version__  # noqa: PLC0415
 
     proto = helper.make_model(graph, producer_name="gpunet", producer_version=__version__,
                               opset_imports=[helper.make_opsetid("", OPSET)])
@@ -76,11 +77,7 @@ def to_model_proto(model):
 
 def export(model, path):
     """Write ``model`` to ``path`` as ONNX, atomically; returns the path."""
-    from gpunet.io import atomic_write  # noqa: PLC0415
-
     data = to_model_proto(model).SerializeToString()
     with atomic_write(path) as f:
         f.write(data)
-    import os  # noqa: PLC0415
-
     return os.fspath(path)

@@ -14,21 +14,29 @@ import abc
 import math
 import weakref
 
-from gpunet import validation
-
+from gpunet import checks
 from gpunet.backend import namespace
 
 
-def _check_hyper(name, value, low=0.0, high=None, low_open=False):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    bad = not math.isfinite(value) or value < low or (low_open and value == low) or (high is not None and value >= high)
-    if bad:
-        rng = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'})"
-        raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
-    return value
+class OptimizerState:
+    """Everything an optimizer's updates depend on besides its hyper-parameters, as one value (optax's
+    ``ScaleByAdamState``): the number of steps taken and the named state buffers (moments, momentum), each
+    shaped like the flat parameter buffer. Snapshots, model files and CUDA-graph replay read and write it
+    whole. The buffers are updated in place (the fast paths depend on it)."""
+
+    __slots__ = ("step", "buffers")
+
+    def __init__(self, step=0, buffers=None):
+        self.step = int(step)
+        self.buffers = {} if buffers is None else dict(buffers)
+
+    @property
+    def size(self):
+        """The length of the parameter buffer the state belongs to (None before the first bind)."""
+        return next(iter(self.buffers.values())).shape[0] if self.buffers else None
+
+    def __repr__(self):
+        return f"OptimizerState(step={self.step}, buffers={sorted(self.buffers)})"
 
 
 class Optimizer(abc.ABC):
@@ -38,26 +46,44 @@ class Optimizer(abc.ABC):
     state_names: tuple[str, ...] = ()
 
     def __init__(self, lr):
-        self.lr = _check_hyper("lr", lr, low=0.0, low_open=True)
-        self.step_count = 0
-        self.state = {}
-        self._size = None
+        self.lr = checks.check_hyper("lr", lr, low=0.0, low_open=True)
+        #: the step count and state buffers (:class:`OptimizerState`)
+        self.opt_state = OptimizerState()
+        self._owner = None
+        self._bound_size = None  # the length of the parameter buffer the state was made for
+
+    # the two halves of opt_state under their torch.optim-style names
+    @property
+    def state(self):
+        return self.opt_state.buffers
+
+    @state.setter
+    def state(self, buffers):
+        self.opt_state.buffers = dict(buffers)
+
+    @property
+    def step_count(self):
+        return self.opt_state.step
+
+    @step_count.setter
+    def step_count(self, value):
+        self.opt_state.step = int(value)
 
     def bind(self, params):
         """Allocate zeroed state like ``params`` unless this optimizer's state already belongs to them.
 
         An instance that last trained another model's parameters starts afresh here (its moments and
         step count describe the other model), so one instance can be passed to several models in turn."""
-        owner = self._owner() if getattr(self, "_owner", None) is not None else None
-        same = owner is params or (owner is None and self._size == params.shape[0])
-        if same and self._size == params.shape[0] and all(k in self.state for k in self.state_names):
+        owner = self._owner() if self._owner is not None else None
+        size = self._bound_size
+        same = owner is params or (owner is None and size == params.shape[0])
+        if same and size == params.shape[0] and all(k in self.state for k in self.state_names):
             self._owner = weakref.ref(params)
             return
         self._owner = weakref.ref(params)
         xp = namespace(params)
-        self.state = {k: xp.zeros_like(params) for k in self.state_names}
-        self._size = params.shape[0]
-        self.step_count = 0
+        self.opt_state = OptimizerState(0, {k: xp.zeros_like(params) for k in self.state_names})
+        self._bound_size = params.shape[0]
 
     @abc.abstractmethod
     def step(self, params, grads, ops=None):
@@ -84,10 +110,10 @@ class SGD(Optimizer):
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
         super().__init__(lr)
-        self.momentum = _check_hyper("momentum", momentum, high=1.0)
-        self.dampening = _check_hyper("dampening", dampening, high=1.0 + 1e-12)
-        self.weight_decay = _check_hyper("weight_decay", weight_decay)
-        self.nesterov = validation.check_bool("nesterov", nesterov)
+        self.momentum = checks.check_hyper("momentum", momentum, high=1.0)
+        self.dampening = checks.check_hyper("dampening", dampening, high=1.0 + 1e-12)
+        self.weight_decay = checks.check_hyper("weight_decay", weight_decay)
+        self.nesterov = checks.check_bool("nesterov", nesterov)
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
         self.state_names = ("momentum_buffer",) if self.momentum else ()
@@ -131,10 +157,10 @@ class Adam(Optimizer):
             b1, b2 = betas
         except (TypeError, ValueError):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None
-        self.betas = (_check_hyper("beta1", b1, high=1.0), _check_hyper("beta2", b2, high=1.0))
-        self.eps = _check_hyper("eps", eps)
-        self.weight_decay = _check_hyper("weight_decay", weight_decay)
-        self.amsgrad = validation.check_bool("amsgrad", amsgrad)
+        self.betas = (checks.check_hyper("beta1", b1, high=1.0), checks.check_hyper("beta2", b2, high=1.0))
+        self.eps = checks.check_hyper("eps", eps)
+        self.weight_decay = checks.check_hyper("weight_decay", weight_decay)
+        self.amsgrad = checks.check_bool("amsgrad", amsgrad)
         self.state_names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
 
     def get_config(self):
@@ -196,10 +222,9 @@ def get(optimizer, **overrides) -> Optimizer:
 
 
 def from_config(name, config, state=None, step_count=0, backend=None):
-    """Rebuild an optimizer saved by :func:`gpunet.io.save` (host state arrays moved to ``backend``)."""
+    """Rebuild an optimizer saved by :func:`gpunet.saving.save` (host state arrays moved to ``backend``)."""
     opt = get(name, **{k: tuple(v) if k == "betas" else v for k, v in config.items()})
     if state:
-        opt.state = {k: backend.to_device(v) for k, v in state.items()}
-        opt._size = next(iter(opt.state.values())).shape[0]
-        opt.step_count = int(step_count)
+        opt.opt_state = OptimizerState(step_count, {k: backend.to_device(v) for k, v in state.items()})
+        opt._bound_size = opt.opt_state.size
     return opt

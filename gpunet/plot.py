@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from gpunet._files import atomic_write
+
 
 def _figure(ncols=1, width=6.4, height=4.2):
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415  (import cost only when plotting)
@@ -19,7 +21,6 @@ def _figure(ncols=1, width=6.4, height=4.2):
 
 
 def _save(fig, path):
-    from gpunet.io import atomic_write  # noqa: PLC0415
 
     with atomic_write(path) as f:
         fig.savefig(f, format="png")

@@ -44,8 +44,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("gpunet.sklearn needs scikit-learn: pip install 'gpunet[sklearn]'") from exc
 
-from gpunet import callbacks as _callbacks, optim
-from gpunet.model import MLP
+from gpunet import callbacks as _callbacks, metrics, optim
+from gpunet.model import MLP, load
 
 _ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 
@@ -235,13 +235,11 @@ class _BaseMLP(BaseEstimator):
         else:
             self.__dict__.update(state)
         if blob is not None:
-            from gpunet import io  # noqa: PLC0415
-
             fd, tmp = tempfile.mkstemp(suffix=".npz")
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(blob)
-                self.model_ = io.load(tmp, device=self.device)
+                self.model_ = load(tmp, device=self.device)
             finally:
                 os.unlink(tmp)
 
@@ -350,12 +348,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     @staticmethod
     def _score_net(net, X, Y):
-        P = net.predict(X)
-        ss_res = np.sum((Y - P) ** 2, axis=0)
-        ss_tot = np.sum((Y - Y.mean(axis=0)) ** 2, axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r2 = np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, 0.0)
-        return float(np.mean(r2))
+        return metrics.r2_score(Y, net.predict(X))
 
     def partial_fit(self, X, y):
         """One epoch over ``(X, y)``."""

@@ -18,15 +18,17 @@ randomness (permutations, dropout masks) goes through the backend.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 
 import numpy as np
 
-from gpunet import activations, callbacks as _callbacks, losses, optim, validation
-from gpunet.backend import namespace
+from gpunet import callbacks as _callbacks, checks, optim
+from gpunet.errors import DivergenceError
 from gpunet.model import MLP
-from gpunet.train import DivergenceError
+from gpunet.nn import activations, losses
+from gpunet.training import EpochSnapshot, batch_sizes
 
 
 class MLPStack:
@@ -51,13 +53,16 @@ class MLPStack:
     def __init__(self, layers, hidden_activation="relu", output_activation="linear", *, seeds, lr=None,
                  device="auto", dtype="float32", init="glorot", l1=0.0, l2=0.0, dropout=0.0):
         try:
-            seeds = [validation.check_int("seed", s, low=0) for s in seeds]
+            seeds = [checks.check_int("seed", s, low=0) for s in seeds]
         except TypeError:
             raise TypeError(f"seeds must be a sequence of non-negative integers, got {seeds!r}") from None
         if not seeds:
             raise ValueError("seeds must name at least one model")
         if lr is not None:
-            lr = [optim._check_hyper("lr", v, low=0.0, low_open=True) for v in lr]
+            if isinstance(lr, (int, float, str)) or not hasattr(lr, "__len__"):
+                raise TypeError(f"lr must be a sequence with one learning rate per model, got {lr!r}; for one rate "
+                                f"for every model pass it to the optimizer instead (optimizer=gn.Adam(lr=...))")
+            lr = [checks.check_hyper("lr", v, low=0.0, low_open=True) for v in lr]
             if len(lr) != len(seeds):
                 raise ValueError(f"lr has {len(lr)} values for {len(seeds)} seeds; give one per model")
         self._models = [MLP(layers, hidden_activation, output_activation, device=device, dtype=dtype, seed=s,
@@ -67,7 +72,7 @@ class MLPStack:
         self.layer_sizes, self.dtype = m0.layer_sizes, m0.dtype
         self.hidden_activation, self.output_activation = m0.hidden_activation, m0.output_activation
         self.l1, self.l2, self.dropout = m0.l1, m0.l2, m0.dropout
-        self.backend, self.xp = m0.backend, m0.xp
+        self.backend, self.xp, self.ops = m0.backend, m0.xp, m0.ops
         self.shapes = m0.shapes
         xp = self.xp
         with self.backend.activate():
@@ -108,34 +113,6 @@ class MLPStack:
         return out
 
     # ------------------------------------------------------------------ one step
-    def _loss_and_delta(self, loss, z, a, y):
-        """Per-model loss values (K,) and dL/dz (K, r, n_L) of the output layer."""
-        xp = self.xp
-        K, r, k = z.shape
-        per_entry = r * k
-        if loss == "cross_entropy":
-            z2 = xp.reshape(z, (K * r, k))
-            value = -xp.sum(xp.reshape(y * xp.reshape(losses.log_softmax(z2), (K, r, k)), (K, -1)), axis=1) / r
-            return value, (a - y) / r
-        if loss == "binary_cross_entropy":
-            terms = xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
-            return xp.sum(xp.reshape(terms, (K, -1)), axis=1) / per_entry, (a - y) / per_entry
-        d = a - y
-        if loss == "mse":
-            value = xp.sum(xp.reshape(d * d, (K, -1)), axis=1) / per_entry
-            g = (2.0 / per_entry) * d
-        else:
-            value = xp.sum(xp.reshape(xp.abs(d), (K, -1)), axis=1) / per_entry
-            g = xp.sign(d) / per_entry
-        # activations.backward works on rows (softmax's Jacobian is per row): flatten the stack
-        delta = activations.backward(self.output_activation, xp.reshape(a, (K * r, k)), xp.reshape(g, (K * r, k)))
-        return value, xp.reshape(delta, (K, r, k))
-
-    def _output(self, z):
-        xp = self.xp
-        K, r, k = z.shape
-        return xp.reshape(activations.ACTIVATIONS[self.output_activation](xp.reshape(z, (K * r, k))), (K, r, k))
-
     def _step(self, x, y, loss, masks):
         """Forward + backward of batches ``x`` (K, r, n_0), ``y`` (K, r, n_L) into ``self.grads``;
         returns (per-model loss (K,), output activations)."""
@@ -148,8 +125,8 @@ class MLPStack:
             inputs.append(a * masks[l] if masks else a)
         W, b = layers[-1][:2]
         z = xp.matmul(inputs[-1], W) + b
-        a_out = self._output(z)
-        value, delta = self._loss_and_delta(loss, z, a_out, y)
+        a_out = activations.ACTIVATIONS[self.output_activation](z)
+        value, delta = losses.value(loss, z, a_out, y), losses.delta(loss, self.output_activation, z, a_out, y)
         for l in range(len(layers) - 1, -1, -1):
             _, _, dW, db = layers[l]
             dW[...] = xp.matmul(_transpose(xp, inputs[l]), delta)
@@ -177,17 +154,17 @@ class MLPStack:
         training alone draws them (layer by layer), through the same ``ops.dropout_mask``."""
         if not self.dropout:
             return None
-        xp, ops = self.xp, self.backend.ops
+        ops = self.ops
         masks = []
         for n in self.layer_sizes[1:-1]:
-            buf = self._zeros((len(self), r, n))
+            buf = self.zeros((len(self), r, n))
             for k, m in enumerate(self._models):
-                buf[k, ...] = ops.dropout_mask(self._zeros((r, n)), self.dropout, m.dropout_rng)
+                buf[k, ...] = ops.dropout_mask(self.zeros((r, n)), self.dropout, m.dropout_rng)
             masks.append(buf)
         return masks
 
-    def _zeros(self, shape):
-        return self._models[0]._zeros(shape)
+    def zeros(self, shape):
+        return self._models[0].zeros(shape)
 
     # ------------------------------------------------------------------ training
     def _stacked_optimizer(self, optimizer):
@@ -210,32 +187,29 @@ class MLPStack:
         previous optimizer (state included), else ``Adam()``. A non-finite loss in any model rolls
         every model back to the start of the epoch and raises :class:`DivergenceError` naming it.
         """
-        epochs = validation.check_int("epochs", epochs, low=0)
-        batch_size = validation.check_int("batch_size", batch_size, low=1)
-        verbose = validation.check_int("verbose", verbose, low=0)
+        epochs = checks.check_int("epochs", epochs, low=0)
+        batch_size = checks.check_int("batch_size", batch_size, low=1)
+        verbose = checks.check_int("verbose", verbose, low=0)
         m0 = self._models[0]
-        loss = m0._resolve_loss(loss)
-        Xd, Yd = m0._upload(X, y, loss)
+        loss = m0.resolve_loss(loss)
+        Xd, Yd = m0.upload(X, y, loss)
         opt = self._stacked_optimizer(optimizer)
         # ---- nothing above changed any state ----
         self.optimizer, self.loss = opt, loss
         xp, be, K = self.xp, self.backend, len(self)
         n = Xd.shape[0]
-        B = min(batch_size, n)
-        n_batches = math.ceil(n / B)
-        sizes = np.full(n_batches, B, dtype=np.float64)
-        sizes[-1] = n - B * (n_batches - 1)
+        B, sizes = batch_sizes(n, batch_size)
+        n_batches = sizes.shape[0]
         classification = loss in losses.CLASSIFICATION
         with be.activate(), np.errstate(all="ignore"):
+            snapshot = EpochSnapshot(self.zeros, self.params, opt, self._models)
             for _ in range(epochs):
                 epoch = self.epochs_trained
-                saved = (_clone(self.params), {k: _clone(v) for k, v in opt.state.items()},
-                         opt.step_count, [(m.shuffle_rng.bit_generator.state, m.dropout_rng.bit_generator.state)
-                                          for m in self._models])
+                snapshot.take()
                 orders = np.stack([m.shuffle_rng.permutation(n) if shuffle else np.arange(n) for m in self._models])
                 idx = be.to_device(orders.astype(np.int64))
-                batch_loss = self._zeros((n_batches, K))
-                batch_correct = self._zeros((n_batches, K)) if classification else None
+                batch_loss = self.zeros((n_batches, K))
+                batch_correct = self.zeros((n_batches, K)) if classification else None
                 t0 = time.perf_counter()
                 for i in range(n_batches):
                     s, r = i * B, int(sizes[i])
@@ -246,17 +220,12 @@ class MLPStack:
                     opt.step(self.params, self.grads)
                     batch_loss[i, ...] = value
                     if classification:
-                        batch_correct[i, ...] = self._correct(loss, a_out, yb)
+                        batch_correct[i, ...] = losses.correct(loss, a_out, yb)
                 host_loss = be.to_host(batch_loss)
                 seconds = time.perf_counter() - t0
                 bad = ~np.isfinite(host_loss).all(axis=0)
                 if bad.any():
-                    self.params[...] = saved[0]
-                    for k, v in opt.state.items():
-                        v[...] = saved[1][k]
-                    opt.step_count = saved[2]
-                    for m, (sh, dr) in zip(self._models, saved[3]):
-                        m.shuffle_rng.bit_generator.state, m.dropout_rng.bit_generator.state = sh, dr
+                    snapshot.restore()
                     which = [self.seeds[k] for k in np.flatnonzero(bad)]
                     raise DivergenceError(
                         f"training diverged at epoch {epoch + 1} for the models with seeds {which}; every model "
@@ -275,22 +244,23 @@ class MLPStack:
                 self.epochs_trained += 1
         return self.histories
 
-    def _correct(self, loss, a, y):
-        xp = self.xp
-        if loss == "cross_entropy":
-            hit = xp.argmax(a, axis=2) == xp.argmax(y, axis=2)
-            return xp.sum(xp.astype(hit, a.dtype), axis=1)
-        return xp.sum(xp.reshape(xp.astype((a > 0.5) == (y > 0.5), a.dtype), (a.shape[0], -1)), axis=1)
-
     # ------------------------------------------------------------------ results
     def models(self):
-        """The K models as ordinary :class:`gpunet.MLP` objects, with the stack's current weights,
-        their optimizer (own learning rate and state row), loss, epoch count and history: each can be
-        used, saved and trained on alone. The objects are refreshed from the stack on every call."""
+        """The K models as new, independent :class:`gpunet.MLP` objects: each holds a copy of the stack's
+        current weights, its own optimizer (its learning rate and its row of the state), the loss, epoch
+        count, generator states and history. Training, saving or changing one never touches the stack, and
+        the stack never rewrites a model it handed out."""
         opt = self.optimizer
-        for k, m in enumerate(self._models):
+        out = []
+        for k, template in enumerate(self._models):
+            m = MLP(self.layer_sizes, self.hidden_activation, self.output_activation, device=self.backend,
+                    dtype=self.dtype, seed=template.seed, init=template.init, l1=self.l1, l2=self.l2,
+                    dropout=self.dropout)
             m.params[...] = self.params[k, ...]
-            m.loss, m.epochs_trained, m.history = self.loss, self.epochs_trained, self.histories[k]
+            m.shuffle_rng.bit_generator.state = template.shuffle_rng.bit_generator.state
+            m.dropout_rng.bit_generator.state = template.dropout_rng.bit_generator.state
+            m.loss, m.epochs_trained = self.loss, self.epochs_trained
+            m.history = copy.deepcopy(self.histories[k])
             if opt is not None:
                 config = dict(opt.get_config(), lr=float(self.lr[k]) if self.lr is not None else opt.lr)
                 own = optim.from_config(opt.name, config)
@@ -299,11 +269,22 @@ class MLPStack:
                     own.state[name][...] = v[k, ...]
                 own.step_count = opt.step_count
                 m.optimizer = own
-        return list(self._models)
+            out.append(m)
+        return out
 
     def predict(self, X):
-        """Outputs of every model for ``X``: a host array (K, n_samples, n_outputs)."""
-        return np.stack([m.predict(X) for m in self.models()])
+        """Outputs of every model for ``X``: a host array (K, n_samples, n_outputs). Changes nothing."""
+        m0 = self._models[0]
+        Xd, _ = m0.upload(X, None, None, targets=False)
+        xp = self.xp
+        with self.backend.activate():
+            a = xp.reshape(Xd, (1,) + tuple(Xd.shape))
+            layers = self._layer_params()
+            for W, b, _, _ in layers[:-1]:
+                a = activations.ACTIVATIONS[self.hidden_activation](xp.matmul(a, W) + b)
+            W, b = layers[-1][:2]
+            out = activations.ACTIVATIONS[self.output_activation](xp.matmul(a, W) + b)
+            return self.backend.to_host(out)
 
     def __repr__(self):
         return (f"MLPStack({list(self.layer_sizes)}, K={len(self)}, hidden_activation={self.hidden_activation!r}, "
@@ -313,12 +294,6 @@ class MLPStack:
 def _transpose(xp, a):
     """Swap the last two axes of a 3-D stack (``permute_dims`` in the Array API, ``swapaxes`` in CuPy)."""
     return xp.swapaxes(a, 1, 2) if hasattr(xp, "swapaxes") else xp.permute_dims(a, (0, 2, 1))
-
-
-def _clone(a):
-    out = namespace(a).zeros_like(a)
-    out[...] = a
-    return out
 
 
 def _is_view(v, base):

@@ -17,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gpunet.errors import DataError
+
 SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".npz", ".npy", ".parquet", ".pq")
 _MISSING = {"", "na", "nan", "n/a", "null", "none", "?"}
-
-
-class DataError(ValueError):
-    """A data file that cannot be used as it is; the message names the file and the place."""
 
 
 @dataclass

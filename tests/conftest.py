@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from helpers import strict_backend
 
 from gpunet import backend
 
@@ -21,7 +22,7 @@ def rng():
 
 def strict_or_skip():
     pytest.importorskip("array_api_strict")
-    return backend.strict_backend()
+    return strict_backend()
 
 
 @pytest.fixture(params=["numpy", "array_api_strict"])

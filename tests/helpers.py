@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpunet import datasets
+from gpunet import backend, datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +73,14 @@ def assert_graph_training_equals_eager(device, layers, make_opt, X, y, steps, rt
     np.testing.assert_allclose(hg.history["loss"], he.history["loss"], rtol=rtol)
     for a, b in zip(eager.get_weights(), graphed.get_weights()):
         np.testing.assert_allclose(b, a, rtol=rtol, atol=atol)
+
+
+def strict_backend() :
+    """Test-only backend on ``array_api_strict``'s non-default device.
+
+    That namespace refuses what CuPy refuses (mixing with NumPy arrays or scalars, ``np.asarray`` on
+    device data, NumPy-only methods), so code that runs under it has no hidden host round-trips.
+    """
+    import array_api_strict as xps  # noqa: PLC0415  (test dependency)
+
+    return backend.Backend("array_api_strict", xps, "generic", device=xps.Device("device1"))

@@ -23,7 +23,7 @@ def fresh_probe():
 def no_cupy(monkeypatch):
     def fail():
         raise ImportError("CuPy is not installed or failed to import (ModuleNotFoundError: No module named 'cupy')")
-    monkeypatch.setattr(backend, "_import_cupy", fail)
+    monkeypatch.setattr(backend, "import_cupy", fail)
 
 
 def fake_cupy(monkeypatch, available=True, smoke_error=None, count=1):
@@ -45,7 +45,7 @@ def fake_cupy(monkeypatch, available=True, smoke_error=None, count=1):
     cuda = types.SimpleNamespace(is_available=lambda: available, Device=Device,
                                  runtime=types.SimpleNamespace(getDeviceCount=lambda: count))
     mod = types.SimpleNamespace(cuda=cuda, arange=arange, float32="float32", float64="float64")
-    monkeypatch.setattr(backend, "_import_cupy", lambda: mod)
+    monkeypatch.setattr(backend, "import_cupy", lambda: mod)
 
 
 def test_cpu_always_available():
@@ -129,11 +129,11 @@ def test_tf32_is_opt_in_and_set_before_cupy_is_used(monkeypatch):
     import sys
     monkeypatch.setitem(sys.modules, "cupy", None)  # an import that fails, after reading the variable
     with pytest.raises(ImportError):
-        backend._import_cupy()
+        backend.import_cupy()
     assert "CUPY_TF32" not in os.environ
     monkeypatch.setenv("GPUNET_TF32", "1")
     with pytest.raises(ImportError):
-        backend._import_cupy()
+        backend.import_cupy()
     assert os.environ["CUPY_TF32"] == "1"
     backend.set_tf32(False)
     assert os.environ["CUPY_TF32"] == "0"
@@ -142,7 +142,7 @@ def test_tf32_is_opt_in_and_set_before_cupy_is_used(monkeypatch):
 def test_namespace_of_cupy_arrays_without_the_array_api_hook(monkeypatch):
     """CuPy 14's ndarray has no __array_namespace__: its arrays are recognised by their module."""
     fake_cupy = types.SimpleNamespace(name="cupy")
-    monkeypatch.setattr(backend, "_import_cupy", lambda: fake_cupy)
+    monkeypatch.setattr(backend, "import_cupy", lambda: fake_cupy)
     FakeCupyArray = type("ndarray", (), {"__module__": "cupy._core.core"})
     assert backend.namespace(FakeCupyArray()) is fake_cupy
     assert backend.namespace(np.zeros(2)) is np
@@ -193,7 +193,7 @@ def test_the_device_probe_does_not_fix_cupys_tf32_mode(monkeypatch):
     cuda = types.SimpleNamespace(is_available=lambda: True, Device=lambda i=0: contextlib.nullcontext(),
                                  runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
                                                                getDeviceProperties=lambda i: props))
-    monkeypatch.setattr(backend, "_import_cupy", lambda: types.SimpleNamespace(
+    monkeypatch.setattr(backend, "import_cupy", lambda: types.SimpleNamespace(
         cuda=cuda, arange=arange, float32=np.float32, float64=np.float64))
     backend.cuda_status.cache_clear()
     try:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpunet as gn
-from gpunet import io
+from gpunet import saving
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((20, 4))
@@ -236,7 +236,7 @@ def test_a_crash_while_saving_keeps_the_old_file_and_leaves_no_debris(saved, mon
     def crash(f, **arrays):
         f.write(b"partial")
         raise OSError("disk full")
-    monkeypatch.setattr(io.np, "savez", crash)
+    monkeypatch.setattr(saving.np, "savez", crash)
     model.fit(X, LABELS, epochs=1, verbose=0)
     with pytest.raises(OSError, match="disk full"):
         model.save(path)

@@ -50,10 +50,10 @@ def cells(report):
 
 # ----------------------------------------------------------------------------- data uploaded once
 def count_transfers(monkeypatch):
-    """Record every ``MLP._upload`` call and the shape of every ``Backend.to_device`` transfer."""
+    """Record every ``MLP.upload`` call and the shape of every ``Backend.to_device`` transfer."""
     uploads, shapes = [], []
-    real_upload, real_to_device = MLP._upload, backend.Backend.to_device
-    monkeypatch.setattr(MLP, "_upload", lambda self, *a, **k: uploads.append(a) or real_upload(self, *a, **k))
+    real_upload, real_to_device = MLP.upload, backend.Backend.to_device
+    monkeypatch.setattr(MLP, "upload", lambda self, *a, **k: uploads.append(a) or real_upload(self, *a, **k))
     monkeypatch.setattr(backend.Backend, "to_device",
                         lambda self, a, dtype=None: shapes.append(np.shape(a)) or real_to_device(self, a, dtype))
     return uploads, shapes
@@ -88,7 +88,7 @@ def test_gpunet_runner_trains_like_fit_on_the_same_batches():
 
 
 def test_gpunet_runner_dispatches_like_fit_and_reports_the_graph(monkeypatch):
-    """With a live graph every (full) batch goes to ``_Trainer._graph_step``, as in ``_Trainer.epoch``;
+    """With a live graph every (full) batch goes to ``Trainer.graph_step``, as in ``Trainer.epoch``;
     without one to ``_Trainer.step``. The gpunet-graph row carries the trainer's own graph report."""
     runner = bench.GpunetRunner(tiny_workload(8, 48), "cpu", "float64", cuda_graph=True)
     trainer = runner.trainer
@@ -98,7 +98,7 @@ def test_gpunet_runner_dispatches_like_fit_and_reports_the_graph(monkeypatch):
     # a live graph (the CPU has none), whose stream is the current one
     monkeypatch.setattr(trainer, "graph", types.SimpleNamespace(stream=contextlib.nullcontext(),
                                                                     replays=3, captures=1))
-    monkeypatch.setattr(trainer, "_graph_step", lambda rows, r: calls.append(("graph", len(rows), r)))
+    monkeypatch.setattr(trainer, "graph_step", lambda rows, r: calls.append(("graph", len(rows), r)))
     runner.run(3)
     assert calls == [("step", 8, 8)] * 2 + [("graph", 8, 8)] * 3
     assert runner.extra == {"cuda_graph": {"requested": True, "replays": 3, "captures": 1, "fallback": None}}

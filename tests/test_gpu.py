@@ -5,6 +5,8 @@ import pytest
 
 import gpunet as gn
 from gpunet import backend, ops as _ops
+from gpunet.ops import get_ops
+from gpunet.training import cuda_graph
 
 from helpers import assert_graph_training_equals_eager
 
@@ -27,7 +29,7 @@ def test_devices_lists_cuda(cuda):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh", "linear"])
 def test_fused_kernels_equal_reference_ops(cuda, act, dtype, rng):
-    fast, ref = cuda.ops, _ops.ArrayOps(cuda)
+    fast, ref = get_ops(cuda), _ops.ArrayOps(cuda)
     assert fast.name == "cuda"
     dev = lambda a: cuda.to_device(np.asarray(a, dtype=dtype))  # noqa: E731
     host = cuda.to_host
@@ -60,7 +62,7 @@ def test_fused_optimizer_equals_reference(cuda, make, dtype, rng):
     ref.bind(ref_p)
     for _ in range(10):
         g = cuda.to_device(rng.standard_normal(5000).astype(dtype))
-        fast.step(fast_p, g, cuda.ops)
+        fast.step(fast_p, g, get_ops(cuda))
         ref.step(ref_p, g, None)
     np.testing.assert_allclose(cuda.to_host(fast_p), cuda.to_host(ref_p), **TOL[dtype])
 
@@ -146,9 +148,9 @@ def test_cuda_graph_resume_after_save_load(tmp_path, rng):
 def test_every_fast_path_passes_its_self_check(cuda):
     """On a real GPU nothing should have been switched off: every fused kernel, the cuBLAS C-API GEMMs and
     graph capture (checked here) pass their run-time self-check."""
-    from gpunet import kernels
+    from gpunet.ops.cuda import cupy_ops as kernels
 
-    assert cuda.ops.check_graphs() is None
+    assert cuda_graph.check_graphs(get_ops(cuda), gn.MLP) is None
     status = kernels.fast_path_status()[cuda.name]
     assert {path for path, st in status.items() if st["live"] is not True} == set(), status
 
@@ -164,9 +166,9 @@ def test_gpu_dropout_is_reproducible_per_model(rng):
 
 
 def test_cublas_c_api_gemms_equal_cupy(cuda, rng):
-    from gpunet import kernels
+    from gpunet.ops.cuda import graphs as cuda_graphs
 
-    gemm = kernels.make_gemm(cuda)
+    gemm = cuda_graphs.make_gemm(cuda)
     cp = cuda.xp
     for dtype in ("float32", "float64"):
         a = cp.asarray(rng.standard_normal((300, 70)), dtype=dtype)[:257]

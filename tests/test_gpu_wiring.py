@@ -20,11 +20,16 @@ import numpy as np
 import pytest
 
 import gpunet as gn
-from gpunet import activations, backend, cublas, kernels
+from gpunet import backend, training
+from gpunet.nn import activations, losses
+from gpunet.ops import get_ops
+from gpunet.ops.codes import ACT_CODES
+from gpunet.ops.cuda import cublas, cupy_ops as kernels, graphs as cuda_graphs, selfcheck
+from gpunet.training import cuda_graph
 
 from helpers import assert_graph_training_equals_eager
 
-CODE_TO_ACT = {v: k for k, v in kernels.ACT_CODES.items()}
+CODE_TO_ACT = {v: k for k, v in ACT_CODES.items()}
 SCALARS = {"int": np.int32, "long long": np.int64, "unsigned long long": np.uint64, "double": np.float64,
            "float": np.float32}
 
@@ -72,7 +77,7 @@ def softmax_xent(z, y, a, delta, out, rows, k, inv_n):
     A = activations.softmax(Z)
     a.reshape(rows, k)[...] = A
     delta.reshape(rows, k)[...] = (A - Y) * inv_n
-    out.reshape(rows, 2)[:, 0] = -np.sum(Y * gn.losses.log_softmax(Z), axis=1) * inv_n
+    out.reshape(rows, 2)[:, 0] = -np.sum(Y * losses.log_softmax(Z), axis=1) * inv_n
     out.reshape(rows, 2)[:, 1] = A.argmax(axis=1) == Y.argmax(axis=1)
 
 
@@ -378,13 +383,13 @@ def fake_cuda(monkeypatch, caplog):
     lib = FakeCublasLib()
     module = FakeModule(log)
     monkeypatch.setattr(kernels, "_module", lambda device_id: module)
-    monkeypatch.setattr(kernels, "make_gemm", lambda be: cublas.Gemm(be.xp, lib=lib, pointer=host_pointer))
-    monkeypatch.setattr(backend, "_import_cupy", lambda: xp)
+    monkeypatch.setattr(cuda_graphs, "make_gemm", lambda be: cublas.Gemm(be.xp, lib=lib, pointer=host_pointer))
+    monkeypatch.setattr(backend, "import_cupy", lambda: xp)
     monkeypatch.setattr(backend.Backend, "to_host", lambda self, a: np.array(a, copy=True).view(np.ndarray))
     be = backend.Backend("cuda:0", xp, "cupy", device=FakeDevice())
     be.launched, be.cublas, be.module = log, lib, module
     with caplog.at_level(logging.WARNING, logger="gpunet"):
-        assert all(v["live"] is not False for v in be.ops.status().values()), be.ops.status()
+        assert all(v["live"] is not False for v in get_ops(be).status().values()), get_ops(be).status()
     assert "self-check" not in caplog.text
     log.clear()
     return be
@@ -407,7 +412,7 @@ def test_cuda_backend_trains_like_the_cpu(fake_cuda, hidden, out, loss, make_opt
         net = gn.MLP([6, 9, 7, 3], hidden, out, device=dev, dtype=dtype, seed=4)
         hist = net.fit(X, y, epochs=3, batch_size=16, optimizer=make_opt(), loss=loss, validation_data=(X, y), verbose=0)
         nets[name] = (net, hist)
-    assert nets["cuda"][0].device == "cuda:0" and nets["cuda"][0].backend.ops.name == "cuda"
+    assert nets["cuda"][0].device == "cuda:0" and nets["cuda"][0].ops.name == "cuda"
     assert isinstance(nets["cuda"][0].params, FakeCupyArray)
     tol = dict(rtol=1e-9, atol=1e-12) if dtype == "float64" else dict(rtol=2e-4, atol=2e-5)
     for key in nets["cpu"][1].history:
@@ -436,7 +441,7 @@ def test_dropout_and_penalties_on_the_cuda_backend(fake_cuda, rng):
 
 def test_device_side_adam_step_matches_the_eager_kernel(fake_cuda, rng):
     """The graph-mode Adam (step count in device memory, advanced by gn_tick) equals the eager one."""
-    ops = fake_cuda.ops
+    ops = get_ops(fake_cuda)
     p0 = rng.standard_normal(300)
     a, b = p0.copy(), p0.copy()
     state = {k: np.zeros(300) for k in ("m1", "v1", "x1", "m2", "v2", "x2")}
@@ -453,7 +458,7 @@ def test_device_side_adam_step_matches_the_eager_kernel(fake_cuda, rng):
 
 def test_a_wrong_scalar_type_is_caught(fake_cuda):
     """The fake really checks: an int where the kernel wants long long fails."""
-    ops = fake_cuda.ops
+    ops = get_ops(fake_cuda)
     z = np.zeros((2, 3))
     with pytest.raises(AssertionError, match="long long"):
         ops._launch("gn_bias_act", z, z.size, z, np.zeros(3), np.int32(z.size), np.int32(3), np.int32(1))
@@ -486,7 +491,7 @@ def fake_capture(stream, body):
 
 @pytest.fixture
 def fake_graphs(monkeypatch, caplog):
-    monkeypatch.setattr(kernels, "capture_graph", fake_capture)
+    monkeypatch.setattr(cuda_graphs, "capture_graph", fake_capture)
     return None
 
 
@@ -512,19 +517,50 @@ def test_graph_is_recaptured_after_a_rollback(graphs, rng, monkeypatch):
     y = rng.integers(0, 2, 64)
     net = gn.MLP([4, 8, 2], "relu", "softmax", device=graphs, dtype="float64", seed=0)
     net.fit(X, y, epochs=1, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0, cuda_graph=True)
-    from gpunet import train
-    captured = []
-    real_allocate = train._Trainer.allocate
+    seen = []
+    real_finish = training.Trainer.finish
 
-    def spy(self, cuda_graph=False):
-        real_allocate(self, cuda_graph)
-        captured.append(self)
-    monkeypatch.setattr(train._Trainer, "allocate", spy)
+    def spy(self):  # the graph is closed when fit finishes: look at it just before
+        seen.append((self.graph.captures, self.graph.eager_steps))
+        self.rollback()
+        seen.append((self.graph.graph, self.graph.hp))
+        real_finish(self)
+    monkeypatch.setattr(training.Trainer, "finish", spy)
     net.fit(X, y, epochs=2, batch_size=16, verbose=0, cuda_graph=True)
-    trainer = captured[0]
-    assert trainer.graph.captures == 1 and trainer.graph.eager_steps == 3
-    trainer.rollback()
-    assert trainer.graph.graph is None and trainer.graph.hp is None
+    assert seen == [(1, 3), (None, None)]
+
+
+def test_a_finished_graph_fit_leaves_no_reference_cycle(graphs, rng, monkeypatch):
+    """fit closes its GraphStep (handle, pool, stream) itself: nothing is left for a later garbage-collector
+    pass, which could fall inside another capture (cublasDestroy and cudaFree invalidate a capture)."""
+    import gc
+    import weakref
+
+    X = rng.standard_normal((64, 4))
+    y = rng.integers(0, 2, 64)
+    net = gn.MLP([4, 8, 2], "relu", "softmax", device=graphs, dtype="float64", seed=0)
+    refs, closed = [], []
+    real_init, real_close = cuda_graph.GraphStep.__init__, cuda_graph.GraphStep.close
+
+    def init(self, trainer, warmup=3):
+        real_init(self, trainer, warmup)
+        refs.append((weakref.ref(self), weakref.ref(trainer)))
+
+    def close(self):
+        closed.append(self.gemm is not None)
+        real_close(self)
+    monkeypatch.setattr(cuda_graph.GraphStep, "__init__", init)
+    monkeypatch.setattr(cuda_graph.GraphStep, "close", close)
+    gc.collect()
+    gc.disable()
+    try:
+        hist = net.fit(X, y, epochs=2, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0, cuda_graph=True)
+        assert hist.cuda_graph["replays"] > 0 and hist.cuda_graph["captures"] == 1
+        # every graph fit (the once-per-process check's and this one) closed its step once, handle still there
+        assert closed == [True] * len(refs) and len(refs) >= 1
+        assert all(step() is None and trainer() is None for step, trainer in refs)  # freed by reference counts
+    finally:
+        gc.enable()
 
 
 def test_capture_issues_its_gemms_through_the_cublas_c_api(graphs, rng, caplog):
@@ -533,12 +569,14 @@ def test_capture_issues_its_gemms_through_the_cublas_c_api(graphs, rng, caplog):
     X = rng.standard_normal((100, 6))
     y = rng.integers(0, 3, 100)
     net = gn.MLP([6, 8, 7, 3], "relu", "softmax", device=graphs, dtype="float32", seed=3)
-    assert graphs.ops.check_graphs() is None  # the once-per-process check (its own small captures)
+    assert cuda_graph.check_graphs(get_ops(graphs), gn.MLP) is None  # the once-per-process check (its own small captures)
     graphs.cublas.gemms.clear()
     report = net.fit(X, y, epochs=2, batch_size=16, verbose=0, cuda_graph=True).cuda_graph
     assert report == {"requested": True, "replays": 2 * 6 - 3, "captures": 1, "fallback": None}
     # one capture of a 3-layer step: 3 forward, 3 weight-gradient and 2 delta GEMMs, all while capturing
-    assert len(graphs.cublas.gemms) == 8 and all(capturing for _, capturing in graphs.cublas.gemms)
+    # (first, one eager GEMM on the graph's fresh handle: its lazy set-up happens before the capture)
+    assert len(graphs.cublas.gemms) == 1 + 8 and not graphs.cublas.gemms[0][1]
+    assert all(capturing for _, capturing in graphs.cublas.gemms[1:])
     assert len({stream for stream, _ in graphs.cublas.gemms}) == 1
     status = kernels.fast_path_status()["cuda:0"]
     assert status["cublas_gemm"] == status["graph_capture"] == {"live": True, "reason": None}
@@ -548,10 +586,10 @@ def test_capture_issues_its_gemms_through_the_cublas_c_api(graphs, rng, caplog):
 def test_the_graph_stream_waits_for_the_uploads_and_is_synchronised_before_fit_returns(graphs, rng, monkeypatch):
     X = rng.standard_normal((64, 6))
     y = rng.integers(0, 3, 64)
-    assert graphs.ops.check_graphs() is None
+    assert cuda_graph.check_graphs(get_ops(graphs), gn.MLP) is None
     streams = []
-    real_new_stream = kernels.new_stream
-    monkeypatch.setattr(kernels, "new_stream", lambda xp: streams.append(real_new_stream(xp)) or streams[-1])
+    real_new_stream = cuda_graphs.new_stream
+    monkeypatch.setattr(cuda_graphs, "new_stream", lambda xp: streams.append(real_new_stream(xp)) or streams[-1])
     net = gn.MLP([6, 8, 3], "relu", "softmax", device=graphs, dtype="float64", seed=3)
     net.fit(X, y, epochs=1, batch_size=16, verbose=0, cuda_graph=True)
     (stream,) = streams
@@ -596,7 +634,7 @@ def test_a_capture_that_calls_cupys_cublas_is_refused_and_reported_once(graphs, 
 def test_without_libcublas_graphs_fall_back_with_the_reason(graphs, rng, caplog, monkeypatch):
     def missing(be):
         raise OSError("cannot load libcublas (libcublas.so.13: cannot open shared object file)")
-    monkeypatch.setattr(kernels, "make_gemm", missing)
+    monkeypatch.setattr(cuda_graphs, "make_gemm", missing)
     X = rng.standard_normal((64, 6))
     y = rng.integers(0, 3, 64)
     hist = gn.MLP([6, 8, 3], "relu", "softmax", device=graphs, seed=3).fit(X, y, verbose=0, cuda_graph=True)
@@ -653,13 +691,13 @@ def test_a_kernel_module_that_fails_to_compile_switches_every_kernel_off(fake_cu
             raise RuntimeError("CompileException: nvrtc: error: identifier \"gn_exp\" is undefined\nmore")
     be = _fresh_backend(monkeypatch, Broken())
     with caplog.at_level(logging.WARNING, logger="gpunet"):
-        status = be.ops.status()
-    kernel_paths = [p for p in kernels.FAST_PATHS if p not in kernels.GRAPH_PATHS]
+        status = get_ops(be).status()
+    kernel_paths = [p for p in selfcheck.FAST_PATHS if p not in selfcheck.GRAPH_PATHS]
     for path in kernel_paths:
         assert status[path]["live"] is False and "nvrtc" in status[path]["reason"], path
     assert caplog.text.count("failed the self-check") == 1
     assert all(path in caplog.text for path in kernel_paths)
-    assert be.ops.adam is None and be.ops.sgd is None  # optimizers use their reference maths
+    assert get_ops(be).adam is None and get_ops(be).sgd is None  # optimizers use their reference maths
     _assert_same_training(_train_pair(be, rng, optimizer=gn.Adam(lr=1e-2)))
     _assert_same_training(_train_pair(be, rng, optimizer=gn.SGD(lr=0.05, momentum=0.9)))
     assert kernels.fast_path_status()["cuda:0"]["bias_activation"]["live"] is False
@@ -685,7 +723,7 @@ def test_a_kernel_with_wrong_numbers_is_switched_off_alone(fake_cuda, monkeypatc
     log = []
     be = _fresh_backend(monkeypatch, FakeModule(log))
     with caplog.at_level(logging.WARNING, logger="gpunet"):
-        status = be.ops.status()
+        status = get_ops(be).status()
     assert [p for p, st in status.items() if st["live"] is False] == [path]
     assert caplog.text.count("failed the self-check") == 1 and f"{path} (" in caplog.text
     log.clear()
@@ -715,10 +753,10 @@ def test_a_kernel_that_fails_to_launch_is_switched_off(fake_cuda, monkeypatch, c
     monkeypatch.setitem(SEMANTICS, "gn_adam", launch_failure)
     be = _fresh_backend(monkeypatch, FakeModule([]))
     with caplog.at_level(logging.WARNING, logger="gpunet"):
-        assert be.ops.status()["adam"] == {"live": False,
+        assert get_ops(be).status()["adam"] == {"live": False,
                                            "reason": "float32: RuntimeError: CUDADriverError: CUDA_ERROR_INVALID_VALUE: "
                                                      "invalid argument"}
-    assert be.ops.adam is None
+    assert get_ops(be).adam is None
     _assert_same_training(_train_pair(be, rng, optimizer=gn.Adam(lr=1e-2)))
 
 
@@ -826,11 +864,11 @@ def test_gpu_dropout_resumes_exactly_from_a_saved_model(fake_cuda, rng, tmp_path
 
 def test_dropout_reference_generator_matches_the_kernel_maths():
     out = np.zeros((3, 7))
-    kernels.dropout_reference(np, out, 0xDEADBEEF12345, 0.25)
+    selfcheck.dropout_reference(np, out, 0xDEADBEEF12345, 0.25)
     expected = np.where(splitmix_uniform(0xDEADBEEF12345, 21) >= 0.25, 1 / 0.75, 0.0).reshape(3, 7)
     np.testing.assert_array_equal(out, expected)
     big = np.zeros(20000)
-    kernels.dropout_reference(np, big, 42, 0.25)
+    selfcheck.dropout_reference(np, big, 42, 0.25)
     assert abs(np.mean(big == 0) - 0.25) < 0.015
 
 
@@ -918,8 +956,8 @@ def test_cuda_weight_views_are_16_byte_aligned_and_the_padding_stays_zero(fake_c
         back = gn.load(tmp_path / "m.npz", device=device)
         for a, b in zip(net.get_weights(), back.get_weights()):
             np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(back._dense(np.asarray(back.optimizer.state["exp_avg_sq"])),
-                                      net._dense(np.asarray(net.optimizer.state["exp_avg_sq"])))
+        np.testing.assert_array_equal(back.dense(np.asarray(back.optimizer.state["exp_avg_sq"])),
+                                      net.dense(np.asarray(net.optimizer.state["exp_avg_sq"])))
     value, grads = net.loss_and_gradients(X, y)
     assert [g.shape for g in grads] == net.shapes
 
@@ -939,7 +977,7 @@ def test_gpunet_info_lists_each_fast_path_with_its_state(fake_cuda, monkeypatch)
     from gpunet import cli
 
     monkeypatch.setattr(backend, "tf32_effective", lambda: False)
-    fake_cuda.ops._switch_off("scale", "float64: a * s: 1.0 where the reference gives 2.0")
+    get_ops(fake_cuda).switch_off("scale", "float64: a * s: 1.0 where the reference gives 2.0")
     text = cli._fast_path_lines(fake_cuda)
     assert "float32 GEMMs: full fp32" in text
     assert "bias_activation      on" in text
@@ -951,7 +989,7 @@ def test_gpunet_info_lists_each_fast_path_with_its_state(fake_cuda, monkeypatch)
 def test_another_threads_gemms_are_not_captured_into_this_threads_graph(fake_cuda):
     import threading
 
-    ops = fake_cuda.ops
+    ops = get_ops(fake_cuda)
     seen = []
     ops.capture_gemm = "this thread's graph GEMM"
     try:
@@ -965,7 +1003,7 @@ def test_another_threads_gemms_are_not_captured_into_this_threads_graph(fake_cud
 
 def test_each_graph_has_its_own_cublas_handle(graphs, rng):
     X, y = rng.standard_normal((64, 6)), rng.integers(0, 3, 64)
-    assert graphs.ops.check_graphs() is None
+    assert cuda_graph.check_graphs(get_ops(graphs), gn.MLP) is None
     handles = graphs.cublas.handles
     for seed in (0, 1):
         gn.MLP([6, 8, 3], "relu", "softmax", device=graphs, seed=seed).fit(X, y, batch_size=16, verbose=0,

@@ -34,7 +34,7 @@ def test_install_train_then_editable_install(tmp_path):
     run(pip + [str(ROOT)], env=env, cwd=tmp_path)
     site = Path(run([py, "-c", "import gpunet, os; print(os.path.dirname(gpunet.__file__))"], env=env, cwd=tmp_path).strip())
     assert site != ROOT / "gpunet" and "venv" in str(site)
-    code = ("import numpy as np, gpunet as gn, gpunet.cpu_kernels as ck; assert ck.mlp_step is not None; "
+    code = ("import numpy as np, gpunet as gn, gpunet.ops.numba_kernels as ck; assert ck.mlp_step is not None; "
             "gn.MLP([1, 8, 1], 'tanh', seed=0).fit(np.ones((40, 1)), np.ones(40), epochs=1, verbose=0); print(ck.CACHE_DIR)")
     cache = run([py, "-c", code], env=env, cwd=tmp_path).strip()
     assert cache.startswith(str(tmp_path / "cache"))
@@ -53,7 +53,7 @@ def test_unwritable_cache_still_trains(tmp_path):
     os.chmod(ro, 0o500)
     env = dict(os.environ, XDG_CACHE_HOME=str(ro / "cache"), PYTHONPATH=str(ROOT))
     env.pop("NUMBA_CACHE_DIR", None)
-    code = ("import numpy as np, gpunet as gn, gpunet.cpu_kernels as ck; "
+    code = ("import numpy as np, gpunet as gn, gpunet.ops.numba_kernels as ck; "
             "h = gn.MLP([1, 8, 1], 'tanh', seed=0).fit(np.ones((40, 1)), np.ones(40), epochs=1, verbose=0); "
             "print(ck.CACHE_DIR, ck.mlp_step is not None)")
     if os.geteuid() == 0:  # root writes anywhere: simulate the unwritable folder with a file in its place

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import gpunet as gn
-from gpunet import validation
+from gpunet import checks
 
 
 class DLPackOnly:
@@ -33,7 +33,7 @@ def _data():
 def test_dlpack_input_is_used_without_a_copy_and_gives_numpys_numbers():
     X, y = _data()
     net = gn.MLP([3, 8, 2], "tanh", "softmax", seed=0, device="cpu")
-    Xd, _ = net._upload(DLPackOnly(X), None, None)
+    Xd, _ = net.upload(DLPackOnly(X), None, None, targets=False)
     assert np.shares_memory(Xd, X)  # validated and "uploaded" in place: no host copy
     ref = gn.MLP([3, 8, 2], "tanh", "softmax", seed=0, device="cpu")
     h1 = ref.fit(X, y, epochs=2, batch_size=16, verbose=0)
@@ -61,7 +61,7 @@ def test_cuda_array_on_a_cpu_model_says_how_to_copy():
     with pytest.raises(TypeError, match="CUDA array but this model is on the CPU"):
         net.fit(FakeCudaTensor(X), np.zeros((64, 2)), epochs=1, verbose=0)
     assert all((a == b).all() for a, b in zip(before, net.get_weights()))
-    assert validation.is_device_array(FakeCudaTensor(X)) and not validation.is_device_array(DLPackOnly(X))
+    assert checks.is_device_array(FakeCudaTensor(X)) and not checks.is_device_array(DLPackOnly(X))
 
 
 def test_torch_tensors_equal_numpy():
@@ -69,7 +69,7 @@ def test_torch_tensors_equal_numpy():
     X, y = _data()
     t = torch.from_numpy(X)
     net = gn.MLP([3, 8, 2], "tanh", "softmax", seed=0, device="cpu")
-    assert np.shares_memory(net._upload(t, None, None)[0], X)
+    assert np.shares_memory(net.upload(t, None, None, targets=False)[0], X)
     ref = gn.MLP([3, 8, 2], "tanh", "softmax", seed=0, device="cpu")
     assert net.fit(t, torch.from_numpy(y), epochs=1, verbose=0).history == ref.fit(X, y, epochs=1, verbose=0).history
     with pytest.raises(TypeError, match="DLPack"):
@@ -87,7 +87,7 @@ def test_cupy_input_stays_on_the_device():
     X, y = _data()
     Xg = cupy.asarray(X)
     net = gn.MLP([3, 8, 2], "tanh", "softmax", seed=0, device="cuda")
-    Xd, _ = net._upload(Xg, None, None)
+    Xd, _ = net.upload(Xg, None, None, targets=False)
     assert Xd.data.ptr == Xg.data.ptr  # the same device memory: no trip through the host
     ref = gn.MLP([3, 8, 2], "tanh", "softmax", seed=0, device="cuda")
     np.testing.assert_array_equal(net.predict(Xg), ref.predict(X))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import gpunet as gn
-from gpunet import activations, losses
+from gpunet.nn import activations, losses
+from gpunet.ops import get_ops
 
 
 def test_forward_matches_hand_computation():
@@ -81,7 +82,7 @@ def test_adam_steps_match_the_update_formula(cls, wd, use_kernels, rng):
     opt = cls(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=wd)
     p = p0.copy()
     opt.bind(p)
-    ops = gn.backend.CPU.ops if use_kernels else None
+    ops = get_ops(gn.backend.CPU) if use_kernels else None
     for g in grads:
         opt.step(p, g, ops)
     np.testing.assert_allclose(p, adam_reference(p0, grads, 0.01, 0.8, 0.99, 1e-6, wd, cls is gn.AdamW), rtol=1e-12)
@@ -92,7 +93,7 @@ def test_adam_steps_match_the_update_formula(cls, wd, use_kernels, rng):
 def test_fused_adam_flushes_subnormal_moments(dtype, amsgrad):
     """A moment that decays below the smallest normal number becomes 0 (subnormal arithmetic is ~100x
     slower on x86); normal moments and the parameters are as the formula gives."""
-    from gpunet import cpu_kernels
+    from gpunet.ops import numba_kernels as cpu_kernels
 
     if cpu_kernels.adam_step is None:
         pytest.skip("Numba is not installed")
@@ -113,13 +114,13 @@ def test_fused_adam_flushes_subnormal_moments(dtype, amsgrad):
 
 def test_fused_adam_keeps_nan_and_tiny_eps_behaviour():
     """The flush neither hides a NaN gradient nor changes the update of tiny-but-normal gradients with eps=0."""
-    from gpunet import cpu_kernels
+    from gpunet.ops import numba_kernels as cpu_kernels
 
     if cpu_kernels.adam_step is None:
         pytest.skip("Numba is not installed")
     for g, eps in (([np.nan, 0.5], 1e-8), ([1e-19, 0.5], 0.0)):
         results = []
-        for ops in (gn.backend.CPU.ops, None):
+        for ops in (get_ops(gn.backend.CPU), None):
             p = np.array([1.0, 1.0], dtype=np.float32)
             opt = gn.Adam(lr=1e-3, eps=eps)
             opt.bind(p)
@@ -137,7 +138,7 @@ def test_sgd_momentum_matches_formula(nesterov, use_kernels, rng):
     p = p0.copy()
     opt.bind(p)
     for g in grads:
-        opt.step(p, g, gn.backend.CPU.ops if use_kernels else None)
+        opt.step(p, g, get_ops(gn.backend.CPU) if use_kernels else None)
     q, buf = p0.copy(), None
     for g in grads:
         g = g + 0.01 * q
@@ -165,7 +166,7 @@ def test_adam_matches_torch(cls, amsgrad, rng):
     for g in grads:
         tp.grad = torch.tensor(g)
         topt.step()
-    for ops in (None, gn.backend.CPU.ops):
+    for ops in (None, get_ops(gn.backend.CPU)):
         p = p0.copy()
         opt = getattr(gn, cls)(lr=3e-3, betas=(0.9, 0.99), eps=1e-7, weight_decay=0.05, amsgrad=amsgrad)
         opt.bind(p)

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 import gpunet as gn
-from gpunet import backend, losses, ops as _ops
+from gpunet import backend, ops as _ops
+from gpunet.nn import losses
+from gpunet.ops import get_ops
 
 from conftest import strict_or_skip
 
@@ -84,7 +86,7 @@ def test_numpy_fast_ops_equal_reference(act, dtype, rng):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_numba_optimizer_kernels_equal_reference(dtype, rng):
-    ops = backend.CPU.ops
+    ops = get_ops(backend.CPU)
     if ops.adam is None:
         pytest.skip("Numba not installed")
     for make_opt in (lambda: gn.Adam(lr=1e-2, weight_decay=0.01, amsgrad=True), lambda: gn.AdamW(lr=1e-2),
@@ -126,7 +128,7 @@ FUSED_CASES = [(h, o, l) for h in ("relu", "sigmoid", "tanh", "linear")
 
 
 def fused_or_skip():
-    ops = backend.CPU.ops
+    ops = get_ops(backend.CPU)
     if ops._mlp_step is None:
         pytest.skip("Numba (with SciPy BLAS) not available: no fused CPU step")
     return ops
@@ -149,11 +151,11 @@ def test_fused_cpu_step_equals_reference_gradients(hidden, out, loss, dtype, rng
     X = rng.standard_normal((30, 5)).astype(dtype)
     Y = targets_for(loss, rng, 30, 4).astype(dtype)
     idx = rng.permutation(30)[:11]  # a partial batch of a 16-row workspace, rows out of order
-    ws = net._workspace(16)
+    ws = net.workspace(16)
     value, correct = ops.fused_step(net, ws, X, Y, idx, loss)
     fused_grads = net.grads.copy()
     counted = loss in ("cross_entropy", "binary_cross_entropy")
-    ref_value, a_out, ref_correct = net._step_gradients(X[idx], Y[idx], net._workspace(11), loss, train=False,
+    ref_value, a_out, ref_correct = net.step_gradients(X[idx], Y[idx], net.workspace(11), loss, train=False,
                                                         count=counted)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
     assert value == pytest.approx(float(ref_value), rel=tol["rtol"], abs=tol["atol"])
@@ -168,7 +170,7 @@ def test_fused_step_is_used_only_for_small_layers(monkeypatch, rng):
     large = gn.MLP([784, 512, 10], output_activation="softmax", device="cpu")
     assert ops._fusable(small) and not ops._fusable(large)
     X = rng.standard_normal((8, 784)).astype(np.float32)
-    assert ops.fused_step(large, large._workspace(8), X, np.eye(10, dtype=np.float32)[:8], np.arange(8), "cross_entropy") is None
+    assert ops.fused_step(large, large.workspace(8), X, np.eye(10, dtype=np.float32)[:8], np.arange(8), "cross_entropy") is None
     monkeypatch.setenv("GPUNET_FUSED", "1")
     assert ops._fusable(large)
     monkeypatch.setenv("GPUNET_FUSED", "0")

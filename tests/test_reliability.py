@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import gpunet as gn
-from gpunet.train import DivergenceError
+from gpunet.errors import DivergenceError
+from gpunet.ops import get_ops
 
 
 @pytest.fixture
@@ -140,7 +141,7 @@ def test_predict_from_several_threads_is_correct(data):
 
 def test_a_concurrent_fit_on_one_model_is_refused(data):
     m = trained(data)
-    started, release, seen = threading.Event(), threading.Event(), []
+    started, release = threading.Event(), threading.Event()
 
     class Hold(gn.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -250,7 +251,7 @@ def test_gpunet_data_pointing_nowhere_is_an_error(tmp_path, monkeypatch):
 def test_a_failed_fused_compile_affects_only_that_model(data, monkeypatch, caplog):
     from gpunet import backend
 
-    ops = backend.resolve("cpu").ops
+    ops = get_ops(backend.resolve("cpu"))
     if ops._mlp_step is None:
         pytest.skip("Numba not installed: no fused step")
     X = np.random.default_rng(0).normal(size=(40, 1))

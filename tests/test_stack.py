@@ -1,9 +1,10 @@
 """MLPStack: K models trained together equal each model trained alone (float64 rounding)."""
 import numpy as np
 import pytest
+from helpers import strict_backend
 
 import gpunet as gn
-from gpunet.train import DivergenceError
+from gpunet.errors import DivergenceError
 
 
 def _data(rng, n=203):
@@ -82,12 +83,11 @@ def test_strict_namespace_matches_numpy():
     """The stack is written against the Array API: on array_api_strict (copies, not views, on reshape)
     it gives NumPy's numbers."""
     pytest.importorskip("array_api_strict")
-    from gpunet import backend
 
     X, y = _data(np.random.default_rng(3), n=60)
     ref = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64")
     ref.fit(X, y, epochs=2, batch_size=16, optimizer=gn.Adam(lr=0.01))
-    strict = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64", device=backend.strict_backend())
+    strict = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64", device=strict_backend())
     strict.fit(X, y, epochs=2, batch_size=16, optimizer=gn.Adam(lr=0.01))
     for a, b in zip(ref.models(), strict.models()):
         assert _max_diff(a, b) < 1e-12

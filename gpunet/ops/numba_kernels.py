@@ -24,6 +24,8 @@ import tempfile
 
 import numpy as np
 
+from gpunet.ops.codes import ACT_CODES, LOSS_CODES
+
 log = logging.getLogger("gpunet")
 
 adam_step = None
@@ -76,9 +78,6 @@ def _njit(**kwargs):
     return numba.njit(cache=CACHE_DIR is not None, **kwargs)
 
 
-#: activation codes shared with the CUDA kernels (``gpunet.kernels.ACT_CODES``); 4 = softmax (output only)
-ACT_CODES = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "softmax": 4}
-LOSS_CODES = {"mse": 0, "mae": 1, "cross_entropy": 2, "binary_cross_entropy": 3}
 
 mlp_step = None
 

@@ -49,18 +49,3 @@ def initial_weights(layer_sizes, hidden_activation="relu", scheme="glorot", rng=
 def rng_streams(seed):
     """Three independent host generators from one seed: (init, shuffle, dropout)."""
     return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-
-
-def flatten(arrays):
-    """Host arrays -> one float64 vector in order (the flat parameter layout)."""
-    return np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays])
-
-
-def split(flat, shapes):
-    """A flat host vector -> copies of consecutive blocks with the given shapes."""
-    out, offset = [], 0
-    for shape in shapes:
-        size = int(np.prod(shape))
-        out.append(flat[offset:offset + size].reshape(shape).copy())
-        offset += size
-    return out

@@ -16,11 +16,14 @@ Cross-entropies are computed from the logits ``z`` (log-sum-exp / softplus), nev
 they stay finite when a probability rounds to 0 or 1. With their canonical link (softmax+CE,
 sigmoid+BCE) the chain rule collapses to ``dL/dz = (a - y) / N`` where ``N`` is the mean's count; the
 other losses return ``dL/da`` and the activation's derivative is applied by
-:func:`gpunet.activations.backward`.
+:func:`gpunet.nn.activations.backward`.
+
+Every function works over the last two axes, ``(..., r, k)``: one model's batch (r, k) gives a 0-d value, a
+stack of K models (K, r, k) gives K values (:class:`gpunet.MLPStack` uses exactly these functions).
 """
 from __future__ import annotations
 
-from gpunet import activations
+from gpunet.nn import activations
 from gpunet.backend import namespace
 
 LOSSES = ("mse", "mae", "cross_entropy", "binary_cross_entropy")
@@ -40,12 +43,18 @@ def canonical(name) -> str:
 
 
 def _count(a):
-    return a.shape[0] * a.shape[1]
+    """Entries per model: the mean's denominator for mse, mae and binary cross-entropy."""
+    return a.shape[-2] * a.shape[-1]
+
+
+def _total(x):
+    """Sum over the last two axes (rows and units): a 0-d array for (r, k), shape (K,) for (K, r, k)."""
+    return namespace(x).sum(x, axis=(-2, -1))
 
 
 def mse(a, y):
     d = a - y
-    return namespace(a).sum(d * d) / _count(a)
+    return _total(d * d) / _count(a)
 
 
 def mse_grad(a, y):
@@ -53,8 +62,7 @@ def mse_grad(a, y):
 
 
 def mae(a, y):
-    xp = namespace(a)
-    return xp.sum(xp.abs(a - y)) / _count(a)
+    return _total(namespace(a).abs(a - y)) / _count(a)
 
 
 def mae_grad(a, y):
@@ -63,23 +71,23 @@ def mae_grad(a, y):
 
 def log_softmax(z):
     xp = namespace(z)
-    s = z - xp.max(z, axis=1, keepdims=True)
-    return s - xp.log(xp.sum(xp.exp(s), axis=1, keepdims=True))
+    s = z - xp.max(z, axis=-1, keepdims=True)
+    return s - xp.log(xp.sum(xp.exp(s), axis=-1, keepdims=True))
 
 
 def cross_entropy(z, y):
-    """Softmax cross-entropy from logits ``z`` (n, k) and one-hot/probability targets ``y`` (n, k)."""
-    return -namespace(z).sum(y * log_softmax(z)) / z.shape[0]
+    """Softmax cross-entropy from logits ``z`` (..., r, k) and one-hot/probability targets ``y``."""
+    return -_total(y * log_softmax(z)) / z.shape[-2]
 
 
 def binary_cross_entropy(z, y):
     """Sigmoid cross-entropy from logits, averaged over every entry (like BCEWithLogitsLoss)."""
     xp = namespace(z)
-    return xp.sum(xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))) / _count(z)
+    return _total(xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))) / _count(z)
 
 
 def value(loss, z, a, y):
-    """Scalar (0-d array) loss for output logits ``z`` and activations ``a``."""
+    """The loss (0-d array, or one value per model) for output logits ``z`` and activations ``a``."""
     if loss == "cross_entropy":
         return cross_entropy(z, y)
     if loss == "binary_cross_entropy":
@@ -88,9 +96,9 @@ def value(loss, z, a, y):
 
 
 def delta(loss, output_activation, z, a, y):
-    """``dL/dz`` of the output layer, shape (n, k)."""
+    """``dL/dz`` of the output layer, shaped like ``z``."""
     if loss == "cross_entropy":
-        return (a - y) / z.shape[0]
+        return (a - y) / z.shape[-2]
     if loss == "binary_cross_entropy":
         return (a - y) / _count(z)
     g = mse_grad(a, y) if loss == "mse" else mae_grad(a, y)
@@ -101,8 +109,8 @@ def correct(loss, a, y):
     """Number of correct predictions: rows for cross-entropy, entries (threshold 0.5) for BCE."""
     xp = namespace(a)
     if loss == "cross_entropy":
-        return xp.sum(xp.astype(xp.argmax(a, axis=1) == xp.argmax(y, axis=1), a.dtype))
-    return xp.sum(xp.astype((a > 0.5) == (y > 0.5), a.dtype))
+        return xp.sum(xp.astype(xp.argmax(a, axis=-1) == xp.argmax(y, axis=-1), a.dtype), axis=-1)
+    return _total(xp.astype((a > 0.5) == (y > 0.5), a.dtype))
 
 
 def accuracy_count(loss, n_samples, n_outputs):

@@ -14,95 +14,56 @@ import contextlib
 import logging
 import math
 import os
-import signal
-import sys
 import threading
 import time
 
 import numpy as np
 
-from gpunet import callbacks as _callbacks, losses, optim, validation
-from gpunet.backend import OutOfMemoryError
-from gpunet.distributed import share
+from gpunet import callbacks as _callbacks, checks, distributed, optim
+from gpunet.errors import DivergenceError, OutOfMemoryError
+from gpunet.nn import losses
+import gpunet.training.cuda_graph as _cuda_graph
+from gpunet.training.interrupts import log_handler, progress, stop_on_sigint
 
 log = logging.getLogger("gpunet")
 
 
-class DivergenceError(RuntimeError):
-    """The training loss became NaN or Inf; the model keeps its last finite weights."""
+def batch_sizes(n, batch_size):
+    """The batch layout of an epoch over ``n`` samples: ``(B, sizes)`` with ``B = min(batch_size, n)`` and
+    ``sizes`` (float64, one entry per batch) all ``B`` but the last, which holds the remainder."""
+    B = min(batch_size, n)
+    n_batches = math.ceil(n / B)
+    sizes = np.full(n_batches, B, dtype=np.float64)
+    sizes[-1] = n - B * (n_batches - 1)
+    return B, sizes
 
 
-class _Snapshot:
-    """Start-of-epoch copy of everything one epoch of training changes."""
+class EpochSnapshot:
+    """Start-of-epoch copy of everything one epoch of training changes: the parameters, the optimizer's
+    state and step, and the shuffle/dropout generators of every model the buffer holds (one for an MLP,
+    K for an MLPStack). Divergence, Ctrl-C and errors restore it, so a model is always at an epoch boundary."""
 
-    def __init__(self, model, opt):
-        self.params = model._zeros(model.params.shape)
-        self.state = {k: model._zeros(v.shape) for k, v in opt.state.items()}
+    def __init__(self, zeros, params, opt, models):
+        self.live_params, self.opt, self.models = params, opt, models
+        self.params = zeros(params.shape)
+        self.state = optim.OptimizerState(0, {k: zeros(v.shape) for k, v in opt.state.items()})
 
-    def take(self, model, opt):
-        self.params[...] = model.params
-        for k, v in opt.state.items():
-            self.state[k][...] = v
-        self.step_count = opt.step_count
-        self.rng = (model.shuffle_rng.bit_generator.state, model.dropout_rng.bit_generator.state)
+    def take(self):
+        self.params[...] = self.live_params
+        live = self.opt.opt_state
+        for k, v in live.buffers.items():
+            self.state.buffers[k][...] = v
+        self.state.step = live.step
+        self.rng = [(m.shuffle_rng.bit_generator.state, m.dropout_rng.bit_generator.state) for m in self.models]
 
-    def restore(self, model, opt):
-        model.params[...] = self.params
-        for k, v in opt.state.items():
-            v[...] = self.state[k]
-        opt.step_count = self.step_count
-        model.shuffle_rng.bit_generator.state, model.dropout_rng.bit_generator.state = self.rng
-
-
-@contextlib.contextmanager
-def _stop_on_sigint():
-    """First Ctrl-C sets ``flag.set`` (training stops after the batch); a second one raises."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag.is_set():
-            raise KeyboardInterrupt
-        flag.set()
-        log.warning("gpunet: interrupted, stopping after the current batch (Ctrl-C again to abort)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def _log_handler(verbose):
-    """With verbose output and no logging configured anywhere, show gpunet's INFO lines on stderr for the
-    duration of this fit only; the handler is removed afterwards and propagation is never turned off, so
-    an application that configures logging later sees every record once."""
-    logger = logging.getLogger("gpunet")
-    if not verbose or logger.handlers or logging.getLogger().handlers:
-        yield
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
-def _progress(verbose, total, epoch, epochs):
-    if verbose < 1 or not sys.stderr.isatty():
-        return None
-    from tqdm.auto import tqdm  # noqa: PLC0415  (import cost only when a bar is shown)
-
-    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="sample", unit_scale=True, leave=verbose >= 2,
-                dynamic_ncols=True)
+    def restore(self):
+        self.live_params[...] = self.params
+        live = self.opt.opt_state
+        for k, v in live.buffers.items():
+            v[...] = self.state.buffers[k]
+        live.step = self.state.step
+        for m, (shuffle, dropout) in zip(self.models, self.rng):
+            m.shuffle_rng.bit_generator.state, m.dropout_rng.bit_generator.state = shuffle, dropout
 
 
 def _check_validation_data(model, validation_data, loss):
@@ -112,7 +73,7 @@ def _check_validation_data(model, validation_data, loss):
         raise ValueError("validation_data must be a pair (X_val, y_val)")
     if validation_data[1] is None:
         raise ValueError("validation_data has no targets: pass (X_val, y_val)")
-    return model._upload(validation_data[0], validation_data[1], loss, name="validation_data X")
+    return model.upload(validation_data[0], validation_data[1], loss, name="validation_data X")
 
 
 def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None, shuffle=True,
@@ -170,15 +131,13 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     -------
     History
     """
-    epochs = validation.check_int("epochs", epochs, low=0)
-    batch_size = validation.check_int("batch_size", batch_size, low=1)
-    verbose = validation.check_int("verbose", int(verbose) if isinstance(verbose, bool) else verbose, low=0)
-    if y is None:
-        raise ValueError("y is required: fit(X, y) needs the targets")
-    loss = model._resolve_loss(loss)
+    epochs = checks.check_int("epochs", epochs, low=0)
+    batch_size = checks.check_int("batch_size", batch_size, low=1)
+    verbose = checks.check_int("verbose", int(verbose) if isinstance(verbose, bool) else verbose, low=0)
+    loss = model.resolve_loss(loss)
     if record not in ("epoch", "batch"):
         raise ValueError(f"record must be 'epoch' or 'batch', got {record!r}")
-    validation_split = validation.check_fraction("validation_split", validation_split)
+    validation_split = checks.check_fraction("validation_split", validation_split)
     if validation_split:
         if validation_data is not None:
             raise ValueError("give validation_data or validation_split, not both")
@@ -187,7 +146,7 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
         opt = model.optimizer if model.optimizer is not None else optim.Adam()
     else:
         opt = optim.get(optimizer)
-    Xd, Yd = model._upload(X, y, loss)
+    Xd, Yd = model.upload(X, y, loss)
     val = _check_validation_data(model, validation_data, loss)
     reducer = _distributed_setup(model, Xd, batch_size, epochs, shuffle, shard) if distributed else None
     if reducer is not None and reducer.rank:  # rank 0 alone logs, validates and writes checkpoints
@@ -196,7 +155,7 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     cbs = _callbacks.CallbackList(callbacks, model)
     _check_monitors(cbs.callbacks, loss, validation_data is not None)
     # ---- nothing above changed any state; from here on the model trains ----
-    lock = model.__dict__.setdefault("_fit_lock", threading.Lock())
+    lock = model.fit_lock
     if not lock.acquire(blocking=False):
         raise RuntimeError("fit is already running on this model in another thread; train a copy "
                            "(gpunet.load of a saved file) or wait for that fit to return")
@@ -227,7 +186,7 @@ def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size,
     model.optimizer, model.loss, model.stop_training = opt, loss, False
     if cuda_graph is None:
         cuda_graph = os.environ.get("GPUNET_CUDA_GRAPH", "0") == "1"
-    trainer = _Trainer(model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose, reducer, shard)
+    trainer = Trainer(model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose, reducer, shard)
     if reducer is not None and cuda_graph:
         log.info("gpunet: CUDA graphs are not used with distributed=True (the all-reduce sits inside the step)")
         cuda_graph = False
@@ -243,8 +202,8 @@ def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size,
             raise OutOfMemoryError(_oom_message(model, trainer.B, "allocating the training buffers")) from None
     # every training launch goes to one stream (the graph's when graphs are on: replays stay ordered with
     # the eager work); overflow inside an epoch is reported once, as DivergenceError, not as warnings
-    with backend.activate(), trainer.stream(), _stop_on_sigint() as interrupted, np.errstate(all="ignore"), \
-            _log_handler(verbose), contextlib.ExitStack() as finish:
+    with backend.activate(), trainer.stream(), stop_on_sigint() as interrupted, np.errstate(all="ignore"), \
+            log_handler(verbose), contextlib.ExitStack() as finish:
         finish.callback(trainer.finish)
         cbs.begin()
         cbs.on_train_begin()
@@ -278,15 +237,13 @@ def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size,
     if reducer is not None:
         trainer.history.distributed = reducer.stats()
     trainer.history.cuda_graph = trainer.graph_summary()
-    trainer.history.fast_paths = backend.ops.status()
+    trainer.history.fast_paths = model.ops.status()
     model.history = trainer.history
     return trainer.history
 
 
 def _distributed_setup(model, Xd, batch_size, epochs, shuffle, shard):
     """The gradient reducer, after checking that every rank called ``fit`` alike (a collective)."""
-    from gpunet import distributed  # noqa: PLC0415  (mpi4py only when asked for)
-
     reducer = distributed.Reducer(model.backend)
     reducer.check_same("data shape, batch_size, epochs, shuffle and model size",
                        (tuple(Xd.shape), batch_size, epochs, bool(shuffle), model.n_params))
@@ -312,7 +269,7 @@ def _oom_message(model, batch_size, when):
             f"the failed epoch.")
 
 
-class _Trainer:
+class Trainer:
     """The state of one :func:`fit` call: device data, batch layout, workspace, snapshot, history."""
 
     def __init__(self, model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose, reducer=None, shard=False):
@@ -321,10 +278,8 @@ class _Trainer:
         self.n = n = Xd.shape[0]
         if reducer is not None and shard:  # local batches of batch_size / ranks rows from the local shard
             batch_size //= reducer.size
-        self.B = min(batch_size, n)
-        self.n_batches = math.ceil(n / self.B)
-        self.sizes = np.full(self.n_batches, self.B, dtype=np.float64)
-        self.sizes[-1] = n - self.B * (self.n_batches - 1)
+        self.B, self.sizes = batch_sizes(n, batch_size)
+        self.n_batches = self.sizes.shape[0]
         self.classification = loss in losses.CLASSIFICATION
         ranks = reducer.size if reducer is not None and shard else 1
         self.acc_denominator = losses.accuracy_count(loss, n * ranks, model.layer_sizes[-1])
@@ -339,8 +294,8 @@ class _Trainer:
 
     def allocate(self, cuda_graph=False):
         self.opt.bind(self.model.params)
-        self.ws = self.model._workspace(self.B)
-        self.snapshot = _Snapshot(self.model, self.opt)
+        self.ws = self.model.workspace(self.B)
+        self.snapshot = EpochSnapshot(self.model.zeros, self.model.params, self.opt, [self.model])
         self.graph = self.graph_stream = None
         self.graph_required = cuda_graph == "require"
         self.graph_report = {"requested": bool(cuda_graph), "replays": 0, "captures": 0, "fallback": None}
@@ -349,7 +304,7 @@ class _Trainer:
                                f"{self.model.device} with dropout={self.model.dropout}")
         if cuda_graph and self.model.backend.is_gpu and not self.model.dropout:
             # the first request in a process checks capture against eager training (kernels.CupyOps.check_graphs)
-            reason = self.model.backend.ops.check_graphs()
+            reason = _cuda_graph.check_graphs(self.model.ops, type(self.model))
             if reason is not None:
                 self.graph_report["fallback"] = reason
                 if self.graph_required:
@@ -357,9 +312,7 @@ class _Trainer:
                 log.info("gpunet: CUDA graphs are off on %s (%s); training with eager launches", self.model.device,
                          reason)
                 return
-            from gpunet import kernels  # noqa: PLC0415  (GPU only)
-
-            self.graph = kernels.GraphStep(self)
+            self.graph = _cuda_graph.GraphStep(self)
             self.graph_stream = self.graph.stream
         elif cuda_graph:
             log.info("gpunet: CUDA graphs need a CUDA device and no dropout; training with eager launches")
@@ -371,15 +324,25 @@ class _Trainer:
     def finish(self):
         """Wait for the graph stream's queued work (the last replays, rollback copies) before ``fit``
         returns: later reads on the default stream do not synchronise with a non-blocking stream."""
-        if getattr(self, "graph_stream", None) is not None:
+        if getattr(self, "graph", None) is not None:
+            self.close_graph()  # synchronises the graph stream first
+        elif getattr(self, "graph_stream", None) is not None:
             self.graph_stream.synchronize()
+
+    def close_graph(self):
+        """Release the captured graph now (its handle, pool and stream), keeping its counts for the report."""
+        graph = getattr(self, "graph", None)
+        if graph is not None:
+            self.graph_report.update(replays=graph.replays, captures=graph.captures)
+            graph.close()
+            self.graph = None
 
     def step(self, rows, r, weight=None):
         """One eager optimizer step on the batch ``rows`` (r of them); returns (loss, correct).
 
         ``weight`` (distributed): this rank's share of the global batch; its gradient is scaled by it
         and summed over the ranks before the optimizer step."""
-        model, ops, ws = self.model, self.model.backend.ops, self.ws
+        model, ops, ws = self.model, self.model.ops, self.ws
         if r == 0:  # distributed: no rows of this global batch fall to this rank
             model.grads[...] = 0.0
             self._reduce_gradients(0.0)
@@ -392,7 +355,7 @@ class _Trainer:
             return fused
         x = ops.take_rows(self.Xd, rows, ws.a[0][:r, ...])
         yb = ops.take_rows(self.Yd, rows, ws.y[:r, ...])
-        value, _, correct = model._step_gradients(x, yb, ws, self.loss, train=True, count=self.classification)
+        value, _, correct = model.step_gradients(x, yb, ws, self.loss, train=True, count=self.classification)
         self._reduce_gradients(weight)
         self.opt.step(model.params, model.grads, ops)
         return value, correct
@@ -403,7 +366,7 @@ class _Trainer:
                 self.model.grads *= weight
             self.reducer.allreduce_(self.model.grads)
 
-    def _graph_step(self, rows, r):
+    def graph_step(self, rows, r):
         try:
             return self.graph.step(rows)
         except Exception as exc:  # capture unsupported here: say so once (or raise), continue eagerly
@@ -415,7 +378,8 @@ class _Trainer:
                 raise RuntimeError(f"cuda_graph='require': the training step could not be captured as a CUDA "
                                    f"graph ({reason})") from exc
             log.warning("gpunet: CUDA graph capture failed (%s); continuing with eager launches", reason)
-            self.graph = None
+            self.close_graph()
+            self.graph_report["fallback"] = reason
             return self.step(rows, r)
 
     def _finite_at_start(self, order):
@@ -423,12 +387,12 @@ class _Trainer:
         rows = self.model.backend.to_device(order[:self.B].astype(np.int64))
         x = self.model.xp.take(self.Xd, rows, axis=0)
         y = self.model.xp.take(self.Yd, rows, axis=0)
-        value = self.model._evaluate_device(x, y, self.loss)["loss"]
+        value = self.model.evaluate_device(x, y, self.loss)["loss"]
         return bool(np.isfinite(value))
 
     def rollback(self):
         """Back to the start of the epoch (a captured graph's device step count is then stale)."""
-        self.snapshot.restore(self.model, self.opt)
+        self.snapshot.restore()
         if self.graph is not None:
             self.graph.invalidate()
 
@@ -439,12 +403,12 @@ class _Trainer:
         """
         model, opt, B = self.model, self.opt, self.B
         backend = model.backend
-        self.snapshot.take(model, opt)
+        self.snapshot.take()
         order = model.shuffle_rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         idx = backend.to_device(order.astype(np.int64))
-        batch_loss = model._zeros((self.n_batches,))
-        batch_correct = model._zeros((self.n_batches,)) if self.classification else None
-        bar = _progress(self.verbose, self.n, epoch + 1, final_epoch)
+        batch_loss = model.zeros((self.n_batches,))
+        batch_correct = model.zeros((self.n_batches,)) if self.classification else None
+        bar = progress(self.verbose, self.n, epoch + 1, final_epoch)
         report_every = max(1, self.n_batches // 20)
         t0 = time.perf_counter()
         done = 0
@@ -457,13 +421,13 @@ class _Trainer:
             s = i * B
             r = int(self.sizes[i])
             if red is not None:  # this rank's contiguous share of the global batch, weighted by its size
-                lo, hi = (0, r) if self.shard else share(r, red.rank, red.size)
+                lo, hi = (0, r) if self.shard else distributed.share(r, red.rank, red.size)
                 weight = 1.0 / red.size if self.shard else (hi - lo) / r
                 value, correct = self.step(idx[s + lo:s + hi], hi - lo, weight)
                 red.rows += hi - lo
                 value = value * weight
             elif self.graph is not None and r == B:
-                value, correct = self._graph_step(idx[s:s + r], r)
+                value, correct = self.graph_step(idx[s:s + r], r)
             else:
                 value, correct = self.step(idx[s:s + r], r)
                 if self.graph is not None:
@@ -515,7 +479,7 @@ class _Trainer:
         if self.classification:
             logs["accuracy"] = float(backend.to_host(batch_correct).sum() / self.acc_denominator)
         if self.val is not None:
-            logs.update({f"val_{k}": v for k, v in model._evaluate_device(self.val[0], self.val[1], self.loss).items()})
+            logs.update({f"val_{k}": v for k, v in model.evaluate_device(self.val[0], self.val[1], self.loss).items()})
         if red is not None:  # rank 0's validation metrics to every rank, so callbacks decide alike
             logs.update(red.bcast({k: v for k, v in logs.items() if k.startswith("val_")}))
         logs["lr"] = opt.lr

@@ -40,7 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gpunet.init import initial_weights
+import gpunet as gn
+from gpunet import backend, datasets, plot, training
+from gpunet._files import atomic_write
+from gpunet.nn.initializers import initial_weights
 
 MNIST_LAYERS = [784, 512, 256, 10]
 SMALL_LAYERS = [1] + [50] * 9 + [1]
@@ -61,7 +64,6 @@ class Workload:
 
 
 def mnist_workload(batch_size, n_rows):
-    from gpunet import datasets  # noqa: PLC0415
 
     (X, y), _ = datasets.load_mnist()
     reps = -(-n_rows // len(X))
@@ -70,7 +72,6 @@ def mnist_workload(batch_size, n_rows):
 
 
 def small_workload(batch_size, n_rows):
-    from gpunet import datasets  # noqa: PLC0415
 
     X, y = datasets.sinc(n_rows, seed=0)
     return Workload(f"sinc-b{batch_size}", SMALL_LAYERS, batch_size, X.astype(np.float32), y.astype(np.float32), False)
@@ -87,19 +88,17 @@ class Runner:
 class GpunetRunner(Runner):
     """gpunet's training step as ``fit`` runs it, on data validated and uploaded once.
 
-    ``fit(X, y)`` validates ``X, y`` on the host and uploads them (``MLP._upload``) at every call, so
+    ``fit(X, y)`` validates ``X, y`` on the host and uploads them (``MLP.upload``) at every call, so
     timing ``fit`` would time a full data-set upload per run while the peers' data already sits on the
     device. The constructor therefore does what ``fit`` does before its first step, once: ``_upload``,
-    then the ``train._Trainer`` with its workspace, optimizer state and (``gpunet-graph``) CUDA graph.
+    then the ``training.Trainer`` with its workspace, optimizer state and (``gpunet-graph``) CUDA graph.
     ``run`` times only the optimizer steps, dispatched as ``_Trainer.epoch`` dispatches full batches
-    (``_graph_step`` when a graph is live, else ``step``), on batch indices uploaded before the clock
+    (``graph_step`` when a graph is live, else ``step``), on batch indices uploaded before the clock
     starts, as the peers do; fit's per-epoch bookkeeping (rollback snapshot, loss read-back) has no
     counterpart in the peers and is not timed.
     """
 
     def __init__(self, w, device, dtype, cuda_graph=False):
-        import gpunet as gn  # noqa: PLC0415
-        from gpunet import train  # noqa: PLC0415
 
         self.name = "gpunet-graph" if cuda_graph else "gpunet"
         self.net = net = gn.MLP(w.layers, "relu", "softmax" if w.classification else "linear", device=device,
@@ -108,10 +107,10 @@ class GpunetRunner(Runner):
         self.cuda_graph = cuda_graph
         self.opt = gn.Adam(lr=1e-3)
         self.rounds = 0
-        loss = net._resolve_loss(None)
+        loss = net.resolve_loss(None)
         with net.backend.activate():
-            Xd, Yd = net._upload(w.X, w.y, loss)
-            self.trainer = train._Trainer(net, self.opt, loss, Xd, Yd, None, w.batch_size, shuffle=False, verbose=0)
+            Xd, Yd = net.upload(w.X, w.y, loss)
+            self.trainer = training.Trainer(net, self.opt, loss, Xd, Yd, None, w.batch_size, shuffle=False, verbose=0)
             self.trainer.allocate(cuda_graph)
             net.backend.synchronize()
         net.optimizer, net.loss = self.opt, loss
@@ -132,7 +131,7 @@ class GpunetRunner(Runner):
             for s in range(steps):
                 rows = idx[s * B:(s + 1) * B]
                 if t.graph is not None:
-                    t._graph_step(rows, B)
+                    t.graph_step(rows, B)
                 else:
                     t.step(rows, B)
             be.synchronize()
@@ -144,7 +143,6 @@ class GemmOnlyRunner(Runner):
     backend: the bound any implementation on this BLAS / cuBLAS can approach."""
 
     def __init__(self, w, device, dtype):
-        from gpunet import backend  # noqa: PLC0415
 
         self.name, self.w = "gemm-only", w
         self.be = be = backend.resolve(device)
@@ -460,7 +458,6 @@ def release_device_memory(device):
 # ----------------------------------------------------------------------------- machine facts
 def gemm_ceiling(dtype="float32", n=2048, device="cpu"):
     """Best-of-5 GFLOP/s of an n x n matmul (the BLAS / cuBLAS ceiling for this run)."""
-    from gpunet import backend  # noqa: PLC0415
 
     be = backend.resolve(device)
     xp = be.xp
@@ -523,7 +520,6 @@ def configure_precision(tf32, notes):
     """Before any library touches the GPU: one matmul precision for every implementation (full float32,
     or TF32 with ``--tf32``), and JAX without preallocation (it would otherwise take 75% of the GPU's
     memory from the other implementations in this process)."""
-    from gpunet import backend  # noqa: PLC0415
 
     # CuPy reads CUPY_TF32 once, at its first float32 matmul (get_compute_type in CuPy 14.2
     # cupy/_core/_routines_linalg.pyx): set it before any CUDA use; enforce_cupy_gemm_mode corrects the
@@ -571,7 +567,6 @@ def enforce_cupy_gemm_mode(tf32, notes):
     cupy/_core/_routines_linalg.pxd) are CuPy 14.2's; a note says when it had to change."""
     from cupy._core import _routines_linalg as linalg  # noqa: PLC0415
 
-    from gpunet import backend  # noqa: PLC0415
 
     want = linalg.COMPUTE_TYPE_TF32 if tf32 else linalg.COMPUTE_TYPE_DEFAULT
     have = linalg.get_compute_type(np.float32)
@@ -666,7 +661,6 @@ def run(args):
     float32 GEMM mode, PyTorch's ``allow_tf32``, JAX's default matmul precision and
     ``XLA_PYTHON_CLIENT_PREALLOCATE=false``.
     """
-    from gpunet import backend, plot  # noqa: PLC0415
 
     tf32 = bool(getattr(args, "tf32", False))
     notes, rows = [], []
@@ -779,7 +773,6 @@ def workload_rows(w, steps, runners, rates, errors, ceiling):
 
 def write_report(report, out, tag):
     """``bench-<tag>.json`` and ``.md``, each replaced atomically (a reader never sees half a file)."""
-    from gpunet.io import atomic_write  # noqa: PLC0415
 
     with atomic_write(out / f"bench-{tag}.json", "w") as f:
         f.write(json.dumps(report, indent=2, default=float) + "\n")

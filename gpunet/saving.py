@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
-import tempfile
-import time
 import zipfile
 
 import numpy as np
 
-from gpunet import validation
+from gpunet import checks, optim
+from gpunet._files import atomic_write
+from gpunet._version import __version__
+from gpunet.nn import losses
 
 FORMAT = "gpunet.mlp"
 #: 2 adds ``input_mean``/``input_scale``/``classes`` (absent = None); version-1 files still load
@@ -25,59 +25,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 
-@contextlib.contextmanager
-def atomic_write(path, mode="wb"):
-    """Open a temporary file next to ``path``; on success fsync it and rename it over ``path``."""
-    path = os.fsdecode(os.fspath(path))  # str, bytes or PathLike
-    if os.path.islink(path):  # write through a symlink to its target (the link stays a link)
-        path = os.path.realpath(path)
-    if os.path.exists(path) and not os.path.isfile(path):  # never rename over /dev/null, a FIFO, a folder
-        raise ValueError(f"refusing to write {path}: it exists and is not a regular file")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ValueError(f"cannot write {path}: directory {directory} does not exist")
-    _remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    umask = os.umask(0)
-    os.umask(umask)
-    # an existing file keeps its permission bits; a new one gets the usual mode (mkstemp makes 0600 files)
-    os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-#: temporary files of an interrupted save (killed process, power loss) older than this are removed by the next save
-STALE_SECONDS = 3600
-
-
-def _remove_stale_temporaries(path):
-    directory, base = os.path.split(os.path.abspath(path))
-    now = time.time()
-    for name in os.listdir(directory):
-        if name.startswith(base + ".") and name.endswith(".tmp") and len(name) == len(base) + 13:  # mkstemp: 8 chars
-            full = os.path.join(directory, name)
-            with contextlib.suppress(OSError):
-                if os.path.isfile(full) and not os.path.islink(full) and now - os.stat(full).st_mtime > STALE_SECONDS:
-                    os.unlink(full)
-
-
 def model_metadata(model, include_optimizer=True):
-    from gpunet import __version__  # noqa: PLC0415
-
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "gpunet_version": __version__,
         "layers": list(model.layer_sizes), "hidden_activation": model.hidden_activation,
@@ -102,8 +50,6 @@ def _list_or_none(arr):
 
 def _read_preprocessing(path, meta, model):
     """``input_mean``/``input_scale``/``classes`` from the metadata, checked (type, shape, finite, > 0)."""
-    from gpunet import validation  # noqa: PLC0415
-
     mean, scale, classes = meta.get("input_mean"), meta.get("input_scale"), meta.get("classes")
     try:
         for name, value in (("input_mean", mean), ("input_scale", scale)):
@@ -111,7 +57,7 @@ def _read_preprocessing(path, meta, model):
                                       or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
                 raise ValueError(f"{name} must be a list of numbers")
         if mean is not None or scale is not None:
-            m, s = validation.check_standardisation(mean, scale, model.layer_sizes[0], where="metadata")
+            m, s = checks.check_standardisation(mean, scale, model.layer_sizes[0], where="metadata")
             model.input_mean = None if mean is None else m
             model.input_scale = None if scale is None else s
         if classes is not None:
@@ -134,10 +80,10 @@ def save(model, path, include_optimizer=True, extra=None):
     meta = model_metadata(model, include_optimizer)
     if extra:
         meta["extra"] = extra
-    arrays = {"params": model._dense(model.backend.to_host(model.params))}  # the dense layout on every device
+    arrays = {"params": model.dense(model.backend.to_host(model.params))}  # the dense layout on every device
     if meta["optimizer"]:
         for k, v in model.optimizer.state.items():
-            arrays[f"opt.{k}"] = model._dense(model.backend.to_host(v))
+            arrays[f"opt.{k}"] = model.dense(model.backend.to_host(v))
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with atomic_write(path) as f:
         np.savez(f, **arrays)
@@ -239,8 +185,6 @@ def _read_members(path, zf):
 
 def _check_fields(path, meta):
     """Types and ranges of the metadata fields a model is rebuilt from (the file names every error)."""
-    from gpunet import losses, optim  # noqa: PLC0415
-
     def bad(field, why):
         raise ValueError(f"{path}: metadata field {field!r} {why}")
 
@@ -262,29 +206,18 @@ def _check_fields(path, meta):
         bad("optimizer", "needs a 'config' object and a 'state' list")
 
 
-def load(path, device="auto", dtype=None):
-    """Rebuild a model saved with :meth:`gpunet.MLP.save` on ``device`` (optimizer and RNG state
-    included, so ``fit`` continues where it stopped)."""
-    from gpunet import backend, optim  # noqa: PLC0415
-    from gpunet.model import MLP  # noqa: PLC0415
-
-    meta, arrays = read(path)
-    be = backend.resolve(device)  # a bad device is the caller's error, not the file's
-    try:
-        model = MLP(meta["layers"], meta["hidden_activation"], meta["output_activation"], device=be,
-                    dtype=dtype or meta["dtype"], seed=meta["seed"], init=meta["init"], l1=meta["l1"], l2=meta["l2"],
-                    dropout=meta["dropout"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: invalid architecture in metadata ({exc})") from None
+def restore_into(model, path, meta, arrays):
+    """Fill ``model`` (built from ``meta``'s architecture by :func:`gpunet.load`) with the parameters, optimizer,
+    RNG and preprocessing state of a file that :func:`read` returned; every value is checked first."""
     params = arrays["params"]
     if params.ndim != 1 or params.shape[0] != model.n_params or params.dtype.kind != "f":
         raise ValueError(f"{path}: parameter buffer has shape {params.shape} and dtype {params.dtype}, but the "
                          f"architecture {meta['layers']} needs ({model.n_params},) floats")
     if not np.isfinite(params).all():
         raise ValueError(f"{path}: parameters contain NaN or Inf")
-    validation.check_fits(f"{path}: the parameters", params, model.dtype)
+    checks.check_fits(f"{path}: the parameters", params, model.dtype)
     _check_fields(path, meta)
-    model.params[...] = model.backend.to_device(model._padded(params), model.dtype)
+    model.params[...] = model.backend.to_device(model.padded(params), model.dtype)
     model.loss = meta.get("loss")
     _read_preprocessing(path, meta, model)
     model.epochs_trained = int(meta.get("epochs_trained", 0))
@@ -301,8 +234,8 @@ def load(path, device="auto", dtype=None):
             if not np.isfinite(v).all() or (k != "exp_avg" and k != "momentum_buffer" and v.min() < 0):
                 raise ValueError(f"{path}: optimizer state {k!r} must be finite" +
                                  ("" if k in ("exp_avg", "momentum_buffer") else " and non-negative"))
-            validation.check_fits(f"{path}: optimizer state {k!r}", v, model.dtype)
-        state = {k: model._padded(v.astype(model.dtype)) for k, v in state.items()}
+            checks.check_fits(f"{path}: optimizer state {k!r}", v, model.dtype)
+        state = {k: model.padded(v.astype(model.dtype)) for k, v in state.items()}
         try:
             model.optimizer = optim.from_config(opt_meta["name"], opt_meta["config"], state, opt_meta["step_count"],
                                                 model.backend)

@@ -1,7 +1,8 @@
 """Activation functions and their derivatives.
 
 Every function works on any Array-API namespace (NumPy, CuPy, ``array_api_strict``): the namespace is
-taken from the argument. Derivatives are written in terms of the *output* ``a = f(z)``, so the forward
+taken from the argument. Arrays are ``(..., rows, units)``: softmax works over the last axis, so
+the same functions serve one model ``(r, n)`` and a stack of models ``(K, r, n)``. Derivatives are written in terms of the *output* ``a = f(z)``, so the forward
 pass can overwrite ``z`` with ``a`` and backprop needs one buffer per layer:
 
 ====================  ==========================  =======================
@@ -41,8 +42,8 @@ def tanh(z):
 def softmax(z):
     """Row-wise softmax of ``z`` (n_samples, n_classes), max-subtracted for stability."""
     xp = namespace(z)
-    e = xp.exp(z - xp.max(z, axis=1, keepdims=True))
-    return e / xp.sum(e, axis=1, keepdims=True)
+    e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
+    return e / xp.sum(e, axis=-1, keepdims=True)
 
 
 def linear_grad(a):
@@ -80,9 +81,9 @@ def canonical(name, allowed, what="activation") -> str:
 def backward(name, a, g):
     """Back-propagate ``g = dL/da`` through the activation: returns ``dL/dz``, shape of ``a``.
 
-    For softmax this is the Jacobian-vector product ``a * (g - sum(a * g, axis=1))``.
+    For softmax this is the Jacobian-vector product ``a * (g - sum(a * g, axis=-1))``.
     """
     if name == "softmax":
         xp = namespace(a)
-        return a * (g - xp.sum(a * g, axis=1, keepdims=True))
+        return a * (g - xp.sum(a * g, axis=-1, keepdims=True))
     return g * DERIVATIVES[name](a)

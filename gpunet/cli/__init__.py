@@ -23,6 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+import gpunet as gn
+from gpunet import backend, bench, callbacks, datasets, distributed, plot, tabular
+from gpunet._files import atomic_write
+from gpunet._optional import MissingExtraError
+from gpunet._version import __version__
+from gpunet.ops import get_ops
+from gpunet.errors import DeviceUnavailableError, DivergenceError
+
 log = logging.getLogger("gpunet")
 
 DATASETS = ("mnist", "sinc", "sincos")
@@ -227,7 +235,6 @@ def add_info_args(p):
 def build_parser():
     parser = _Parser(prog="gpunet", description="Train multilayer perceptrons on a CUDA GPU (CuPy) or the CPU (NumPy).",
                      formatter_class=_Formatter, epilog=EXAMPLES_TRAIN.split("\n\n")[0])
-    from gpunet import __version__  # noqa: PLC0415
 
     parser.add_argument("--version", action="version", version=f"gpunet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -295,7 +302,6 @@ def _file_digest(path):
 
 def load_data(cfg, data_dir=None):
     """The run's :class:`Data` (host arrays) for a built-in dataset or a --data file."""
-    from gpunet import datasets, tabular  # noqa: PLC0415
 
     name = cfg["dataset"]
     if cfg.get("data"):
@@ -398,7 +404,6 @@ def targets(model, loss, y):
 
 
 def make_model(cfg, data=None):
-    import gpunet as gn  # noqa: PLC0415
 
     model = gn.MLP(cfg["layers"], cfg["hidden_activation"], cfg["output_activation"], device=cfg["device"],
                    dtype=cfg["dtype"], seed=cfg["seed"], init=cfg["init"], l1=cfg["l1"], l2=cfg["l2"],
@@ -420,7 +425,6 @@ def _train_seeds(cfg, data, seeds, record):
     """The configuration ``cfg`` trained once per seed: ``[(model, history, seconds)]``. Without a
     learning-rate schedule or per-batch records, all seeds train together as one :class:`gpunet.MLPStack`
     (batched GEMMs; each model equals its own run to float64 rounding), else one after the other."""
-    import gpunet as gn  # noqa: PLC0415
 
     schedule = make_schedule(cfg)
     if schedule is None and record == "epoch" and len(seeds) > 1:
@@ -430,7 +434,7 @@ def _train_seeds(cfg, data, seeds, record):
         for m in stack._models:
             _attach_data(m, data)
         m0 = stack._models[0]
-        loss = m0._resolve_loss(cfg["loss"])
+        loss = m0.resolve_loss(cfg["loss"])
         t0 = time.perf_counter()
         hists = stack.fit(data.train[0], targets(m0, loss, data.train[1]), epochs=cfg["epochs"],
                           batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss)
@@ -439,7 +443,7 @@ def _train_seeds(cfg, data, seeds, record):
     runs = []
     for seed in seeds:
         model = make_model({**cfg, "seed": seed}, data)
-        loss = model._resolve_loss(cfg["loss"])
+        loss = model.resolve_loss(cfg["loss"])
         t0 = time.perf_counter()
         hist = model.fit(data.train[0], targets(model, loss, data.train[1]), epochs=cfg["epochs"],
                          batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss, verbose=0,
@@ -450,7 +454,6 @@ def _train_seeds(cfg, data, seeds, record):
 
 
 def make_optimizer(cfg):
-    import gpunet as gn  # noqa: PLC0415
 
     wd = cfg.get("weight_decay")
     if cfg["optimizer"] == "sgd":
@@ -460,7 +463,6 @@ def make_optimizer(cfg):
 
 
 def make_schedule(cfg):
-    from gpunet import callbacks  # noqa: PLC0415
 
     if cfg["schedule"] == "cosine":
         schedule = callbacks.CosineDecay(max(cfg["epochs"], 1), min_lr=cfg["lr"] * 0.01)
@@ -473,7 +475,6 @@ def make_schedule(cfg):
 
 
 def _write_json(path, obj):
-    from gpunet.io import atomic_write  # noqa: PLC0415
 
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=2, default=_json_default)
@@ -566,7 +567,6 @@ class _RunStart:
     every argument: a command that fails its checks writes nothing."""
 
     def __new__(cls, out, cfg, clear):
-        from gpunet import callbacks  # noqa: PLC0415
 
         class RunStart(callbacks.Callback):
             def on_train_begin(self, logs=None):
@@ -587,7 +587,6 @@ def cmd_train(args):
     import shutil  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
-    from gpunet import distributed  # noqa: PLC0415
 
     rank, _ = distributed.init()
     if rank == 0:
@@ -603,8 +602,6 @@ def cmd_train(args):
 
 
 def _cmd_train(args):
-    import gpunet as gn  # noqa: PLC0415
-    from gpunet import backend, callbacks, plot  # noqa: PLC0415
 
     if args.tf32:
         backend.set_tf32(True)
@@ -639,7 +636,7 @@ def _cmd_train(args):
             cfg["data_sha256"] = _file_digest(cfg["data"])
         model = make_model(cfg, data)
         out = _choose_out(args, cfg["dataset"])
-    loss = model._resolve_loss(cfg["loss"])
+    loss = model.resolve_loss(cfg["loss"])
     optimizer = model.optimizer if run is not None and model.optimizer is not None else make_optimizer(cfg)
     remaining = cfg["epochs"] - model.epochs_trained
     cbs = [_RunStart(out, cfg, RUN_FILES if run is None or out != run else ())]
@@ -721,7 +718,6 @@ def _plots(plot, cfg, model, history, data, out):
 
 # ----------------------------------------------------------------------------- predict / evaluate
 def _load_model(spec, device):
-    import gpunet as gn  # noqa: PLC0415
 
     path = Path(spec)
     if path.is_dir():
@@ -734,7 +730,6 @@ def _load_model(spec, device):
 
 
 def _read_inputs(model, extra, path, target=None, require_target=False):
-    from gpunet import tabular  # noqa: PLC0415
 
     table = tabular.read(path, target if target is not None else extra.get("target"), require_target=require_target)
     n_in = model.layer_sizes[0]
@@ -746,7 +741,6 @@ def _read_inputs(model, extra, path, target=None, require_target=False):
 
 
 def cmd_predict(args):
-    from gpunet.io import atomic_write  # noqa: PLC0415
 
     model, _, extra = _load_model(args.model, args.device)
     table = _read_inputs(model, extra, args.data)
@@ -782,7 +776,7 @@ def cmd_predict(args):
 def cmd_evaluate(args):
     model, path, extra = _load_model(args.model, args.device)
     table = _read_inputs(model, extra, args.data, args.target, require_target=True)
-    loss = model._resolve_loss(None)
+    loss = model.resolve_loss(None)
     model._onehot = model.classes is not None
     y = table.y
     if model.classes is None and y.dtype.kind in "USO":
@@ -841,7 +835,6 @@ def _parse_vary(items, base):
 
 
 def cmd_compare(args):
-    from gpunet import plot  # noqa: PLC0415
 
     base = resolve_config(args)
     data = load_data(base, args.data_dir)
@@ -855,7 +848,7 @@ def cmd_compare(args):
         try:
             check_widths(cfg, data)
             model = make_model(cfg, data)
-            model._resolve_loss(cfg["loss"])
+            model.resolve_loss(cfg["loss"])
             make_optimizer(cfg)
             if cfg["epochs"] < 0:
                 raise ValueError(f"epochs must be >= 0, got {cfg['epochs']}")
@@ -871,7 +864,7 @@ def cmd_compare(args):
         cfg = {**base, **dict(combo)}
         trained, stacked = _train_seeds(cfg, data, [base["seed"] + s for s in range(args.seeds)], args.record)
         for model, hist, seconds in trained:
-            loss = model._resolve_loss(cfg["loss"])
+            loss = model.resolve_loss(cfg["loss"])
             Xt, yt = data.test
             r = model.evaluate(Xt, targets(model, loss, yt), loss=loss, penalty=False)  # the data term
             # one metric every configuration shares (the trained loss differs when --vary loss=...)
@@ -909,13 +902,11 @@ def cmd_compare(args):
 
 # ----------------------------------------------------------------------------- info
 def cmd_info(args):
-    import gpunet as gn  # noqa: PLC0415
-    from gpunet import backend  # noqa: PLC0415
 
     print(f"gpunet {gn.__version__}")
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}")
     try:
-        cupy = backend._import_cupy()
+        cupy = backend.import_cupy()
         print(f"cupy {cupy.__version__}")
     except ImportError as exc:
         print(f"cupy: not available ({exc}); {backend.INSTALL_HINT}")
@@ -933,7 +924,7 @@ def cmd_info(args):
     if not ok:
         print(f"  (no CUDA device: {why})")
     for name in gn.devices()[1:]:
-        cupy = backend._import_cupy()
+        cupy = backend.import_cupy()
         idx = int(name.split(":")[1])
         props = cupy.cuda.runtime.getDeviceProperties(idx)
         dev_name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
@@ -945,14 +936,13 @@ def cmd_info(args):
 
 def _fast_path_lines(be):
     """The fast paths of a backend after its self-check (``gpunet info``)."""
-    from gpunet import backend as _backend  # noqa: PLC0415
 
     if be.is_gpu:
         lines = [f"    fast paths (each self-checked against the reference at first use; float32 GEMMs: "
-                 f"{'TF32' if _backend.tf32_effective() else 'full fp32'}):"]
+                 f"{'TF32' if backend.tf32_effective() else 'full fp32'}):"]
     else:
         lines = ["    fast paths:"]
-    for path, st in be.ops.status().items():
+    for path, st in get_ops(be).status().items():
         state = {True: "on", False: "OFF", None: "checked at the first fit(cuda_graph=True)"}[st["live"]]
         lines.append(f"      {path:<20} {state}" + (f" ({st['reason']})" if st.get("reason") else ""))
     return "\n".join(lines)
@@ -1002,7 +992,6 @@ def main(argv=None):
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         if argv[:1] == ["bench"]:  # the benchmark has its own parser (see 'gpunet bench --help')
-            from gpunet import bench  # noqa: PLC0415
 
             return bench.main(argv[1:])
         args = parser.parse_args(argv)
@@ -1012,8 +1001,6 @@ def main(argv=None):
     except Exception as exc:  # every error: one line, no traceback (unless GPUNET_DEBUG=1)
         if debug:
             raise
-        from gpunet.backend import DeviceUnavailableError  # noqa: PLC0415
-        from gpunet.train import DivergenceError  # noqa: PLC0415
 
         if isinstance(exc, CLIError):
             code = exc.code

@@ -6,6 +6,7 @@ functions trust their inputs.
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -207,3 +208,16 @@ def check_standardisation(mean, scale, n_features, where="model"):
     if (out[1] <= 0).any():
         raise ValueError(f"{where} input_scale must be > 0 everywhere, got {out[1].min():g}")
     return out[0], out[1]
+
+
+def check_hyper(name, value, low=0.0, high=None, low_open=False):
+    """A finite float hyper-parameter in ``[low, high)`` (``(low, high)`` with ``low_open``)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    bad = not math.isfinite(value) or value < low or (low_open and value == low) or (high is not None and value >= high)
+    if bad:
+        rng = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'})"
+        raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
+    return value
