@@ -82,6 +82,25 @@ class MLPStack:
         self.histories = [_callbacks.History() for _ in seeds]
         self._views = None
 
+    # ---------------------------------------------------------------- preprocessing shared by every model
+    def set_preprocessing(self, input_mean=None, input_scale=None, classes=None):
+        """Give every model the input standardisation and class labels of :class:`gpunet.MLP` (its attributes
+        ``input_mean``, ``input_scale``, ``classes``): applied by ``fit``, kept by :meth:`models`."""
+        for m in self._models:
+            m.input_mean, m.input_scale, m.classes = input_mean, input_scale, classes
+
+    @property
+    def classes(self):
+        return self._models[0].classes
+
+    def encode_labels(self, y, name="y"):
+        """As :meth:`gpunet.MLP.encode_labels` (the models share their classes)."""
+        return self._models[0].encode_labels(y, name)
+
+    def resolve_loss(self, loss):
+        """The loss ``fit`` would use (as :meth:`gpunet.MLP.resolve_loss`)."""
+        return self._models[0].resolve_loss(loss)
+
     def __len__(self):
         return len(self._models)
 
@@ -260,6 +279,7 @@ class MLPStack:
             m.shuffle_rng.bit_generator.state = template.shuffle_rng.bit_generator.state
             m.dropout_rng.bit_generator.state = template.dropout_rng.bit_generator.state
             m.loss, m.epochs_trained = self.loss, self.epochs_trained
+            m.input_mean, m.input_scale, m.classes = template.input_mean, template.input_scale, template.classes
             m.history = copy.deepcopy(self.histories[k])
             if opt is not None:
                 config = dict(opt.get_config(), lr=float(self.lr[k]) if self.lr is not None else opt.lr)
