@@ -584,22 +584,23 @@ def cmd_train(args):
         return _cmd_train(args)
     import contextlib  # noqa: PLC0415
     import io  # noqa: PLC0415
-    import shutil  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
 
     from gpunet import distributed  # noqa: PLC0415
 
     rank, _ = distributed.init()
-    if rank == 0:
-        return _cmd_train(args)
-    scratch = tempfile.mkdtemp(prefix=f"gpunet-rank{rank}-")
-    args.out, args.quiet, args.overwrite = os.path.join(scratch, "run"), True, False
-    logging.getLogger("gpunet").setLevel(logging.WARNING)
+    # a rank failing its checks before the fit (rank 0: --out holds a run) tells the others through
+    # their fit's setup agreement, so every rank stops; rank > 0's scratch folder goes however it ends
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return _cmd_train(args)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        with distributed.guard():
+            if rank == 0:
+                return _cmd_train(args)
+            with distributed.scratch_dir(f"gpunet-rank{rank}-") as scratch:
+                args.out, args.quiet, args.overwrite = os.path.join(scratch, "run"), True, False
+                logging.getLogger("gpunet").setLevel(logging.WARNING)
+                with contextlib.redirect_stdout(io.StringIO()):
+                    return _cmd_train(args)
+    except distributed.DistributedError as exc:  # another rank's error, already one line: not an internal one
+        raise CLIError(str(exc)) from None
 
 
 def _cmd_train(args):

@@ -50,7 +50,10 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -370,3 +373,28 @@ def guard_fit(fit):
         finally:
             _state["fit"] = outer
     return guarded
+
+
+_WATCHER = "import os, shutil, sys; os.read(int(sys.argv[1]), 1); shutil.rmtree(sys.argv[2], ignore_errors=True)"
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix):
+    """A temporary folder removed when the block ends, and also when this process ends any other way
+    (killed by ``Abort`` while it waits in a collective, SIGKILL): a helper process in its own session
+    waits for the end of a pipe only this process holds, then removes the folder."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    read, write = os.pipe()
+    try:
+        subprocess.Popen([sys.executable, "-I", "-c", _WATCHER, str(read), path], pass_fds=(read,),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    except OSError as exc:  # no helper: the finally below still removes it on every ordinary exit
+        log.debug("gpunet: no helper to remove %s (%s)", path, exc)
+    finally:
+        os.close(read)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(write)
