@@ -232,7 +232,7 @@ def test_cli_refusing_an_existing_run_ends_every_rank(tmp_path):
                                "--distributed")
     assert proc.returncode != 0
     assert f"--out {out} already holds a run" in proc.stderr, proc.stderr[-3000:]
-    assert "rank 0 failed before training (CLIError" in proc.stderr, proc.stderr[-3000:]
+    assert "gpunet: error: distributed fit: rank 0 failed before training (CLIError" in proc.stderr, proc.stderr[-3000:]
     assert left == []
     assert seconds < 45
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]
