@@ -63,7 +63,7 @@ log = logging.getLogger("gpunet")
 # comm: COMM_WORLD once init() ran; agreements: fit setup allgathers this rank took part in (one per
 # distributed fit, with a fingerprint or an error); fit: the running distributed fit's guard state;
 # errcomm: a duplicate of comm for the failure agreement (so it never matches a training collective)
-_state = {"comm": None, "hook": False, "agreements": 0, "fit": None, "errcomm": None}
+_state = {"comm": None, "hook": False, "agreements": 0, "fit": None, "errcomm": None, "local_rank": 0}
 
 
 class DistributedError(RuntimeError):
@@ -96,10 +96,16 @@ def init():
     """Initialise MPI (through mpi4py) and return ``(rank, size)`` of ``COMM_WORLD``.
 
     Also installs an exception hook: an uncaught exception on any rank prints ``rank N: ...`` and
-    aborts every rank, instead of leaving the others blocked in a collective.
+    aborts every rank, instead of leaving the others blocked in a collective. With more than one rank
+    and a usable CuPy, it makes GPU ``local_rank % device count`` current (the local rank counts the
+    ranks on this node: ``COMM_WORLD.Split_type(COMM_TYPE_SHARED)``), since NCCL refuses two ranks of
+    one communicator on one GPU. ``$GPUNET_DEVICE=cpu`` skips that. (``backend.resolve`` still names
+    ``cuda:0`` for ``"auto"``/``"cuda"`` and makes it current in ``activate()``: until it uses the
+    current device, pass ``device=f"cuda:{dist.local_rank()}"`` on a multi-GPU node.)
     """
     MPI = _mpi()
     comm = MPI.COMM_WORLD
+    first = _state["comm"] is None
     _state["comm"] = comm
     if comm.Get_size() > 1 and not _state["hook"]:
         previous = sys.excepthook
@@ -113,7 +119,32 @@ def init():
 
         sys.excepthook = hook
         _state["hook"] = True
+    if first and comm.Get_size() > 1:
+        _select_gpu(comm, MPI)
     return comm.Get_rank(), comm.Get_size()
+
+
+def _select_gpu(comm, MPI):
+    """``cupy.cuda.Device(local_rank % getDeviceCount()).use()`` when CuPy is usable (a collective:
+    every rank's init() calls it)."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    _state["local_rank"] = node.Get_rank()
+    node.Free()
+    if os.environ.get("GPUNET_DEVICE", "").strip().lower() == "cpu":
+        return
+    try:
+        import cupy  # noqa: PLC0415  (optional: GPU only)
+
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count > 0:
+            cupy.cuda.Device(_state["local_rank"] % count).use()
+    except Exception as exc:  # noqa: BLE001  (no CuPy, no driver: the CPU path needs no device)
+        log.debug("gpunet: no GPU selected for local rank %d (%s)", _state["local_rank"], _one_line(exc))
+
+
+def local_rank():
+    """This rank's index among the ranks on its node (0 before :func:`init` or with one rank)."""
+    return _state["local_rank"]
 
 
 def rank_and_size():
