@@ -26,20 +26,61 @@ with the unique id from rank 0 broadcast over MPI. The NCCL path has not run on 
 all-reduces a known vector and checks the sum; if that fails it says so once and reduces through host
 memory over MPI instead (slower, still exact).
 
-Failures: a rank that dies or raises would leave the others blocked in the all-reduce. ``init()``
-installs an exception hook that prints the error with the rank and calls ``MPI.COMM_WORLD.Abort``, and
-``mpirun`` ends the whole job when a process exits abnormally, so the others stop within seconds.
+Ranks that agree or stop. ``fit(distributed=True)`` starts with ONE ``allgather`` (mpi4py) of each
+rank's fingerprint: layers, dtype, activations, seed, penalties, loss, optimizer class and
+hyper-parameters, batch size, epochs, shuffle/shard, data shape, a blake2b hash of the data's bytes
+(with ``shard=True`` the shard's row count instead), hashes of the parameters, the optimizer state and
+the shuffle generator, and the device kind. On a mismatch every rank raises the same one-line
+``ValueError`` ("distributed ranks disagree on lr: rank 0 has 0.001, rank 1 has 0.01"). A rank whose
+fit fails before that allgather (an argument check, even one it catches itself) still takes part in
+it, with its error instead of a fingerprint, so the others raise :class:`DistributedError` naming it
+instead of waiting forever; :func:`guard` extends that to a rank's own checks before its fit (the CLI
+uses it). An error that leaves a rank's fit after the agreement (a callback, a failed checkpoint write)
+gives the others ``GPUNET_DISTRIBUTED_TIMEOUT`` seconds (default 10) to fail too (a non-blocking
+barrier on a communicator of its own): if every rank failed, each raises its own error and the job
+goes on in step; otherwise the rank prints one line and calls ``MPI.COMM_WORLD.Abort``, because the
+others wait in an all-reduce it will never join. ``init()`` also installs an exception hook: an
+uncaught exception prints ``rank N of K failed`` and aborts every rank, and ``mpirun`` ends the job
+when a process exits abnormally, so the others stop within seconds.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import logging
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 
 log = logging.getLogger("gpunet")
 
-_state = {"comm": None, "hook": False}
+# comm: COMM_WORLD once init() ran; agreements: fit setup allgathers this rank took part in (one per
+# distributed fit, with a fingerprint or an error); fit: the running distributed fit's guard state;
+# errcomm: a duplicate of comm for the failure agreement (so it never matches a training collective)
+_state = {"comm": None, "hook": False, "agreements": 0, "fit": None, "errcomm": None, "local_rank": 0}
+
+
+class DistributedError(RuntimeError):
+    """Another rank failed before this distributed fit could start (raised on the ranks that did not)."""
+
+
+def _timeout():
+    """Seconds a failing rank waits for the others to fail too before it aborts the job."""
+    try:
+        return max(0.0, float(os.environ.get("GPUNET_DISTRIBUTED_TIMEOUT", "10")))
+    except ValueError:
+        return 10.0
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _mpi():
@@ -55,10 +96,16 @@ def init():
     """Initialise MPI (through mpi4py) and return ``(rank, size)`` of ``COMM_WORLD``.
 
     Also installs an exception hook: an uncaught exception on any rank prints ``rank N: ...`` and
-    aborts every rank, instead of leaving the others blocked in a collective.
+    aborts every rank, instead of leaving the others blocked in a collective. With more than one rank
+    and a usable CuPy, it makes GPU ``local_rank % device count`` current (the local rank counts the
+    ranks on this node: ``COMM_WORLD.Split_type(COMM_TYPE_SHARED)``), since NCCL refuses two ranks of
+    one communicator on one GPU. ``$GPUNET_DEVICE=cpu`` skips that. (``backend.resolve`` still names
+    ``cuda:0`` for ``"auto"``/``"cuda"`` and makes it current in ``activate()``: until it uses the
+    current device, pass ``device=f"cuda:{dist.local_rank()}"`` on a multi-GPU node.)
     """
     MPI = _mpi()
     comm = MPI.COMM_WORLD
+    first = _state["comm"] is None
     _state["comm"] = comm
     if comm.Get_size() > 1 and not _state["hook"]:
         previous = sys.excepthook
@@ -72,7 +119,32 @@ def init():
 
         sys.excepthook = hook
         _state["hook"] = True
+    if first and comm.Get_size() > 1:
+        _select_gpu(comm, MPI)
     return comm.Get_rank(), comm.Get_size()
+
+
+def _select_gpu(comm, MPI):
+    """``cupy.cuda.Device(local_rank % getDeviceCount()).use()`` when CuPy is usable (a collective:
+    every rank's init() calls it)."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    _state["local_rank"] = node.Get_rank()
+    node.Free()
+    if os.environ.get("GPUNET_DEVICE", "").strip().lower() == "cpu":
+        return
+    try:
+        import cupy  # noqa: PLC0415  (optional: GPU only)
+
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count > 0:
+            cupy.cuda.Device(_state["local_rank"] % count).use()
+    except Exception as exc:  # noqa: BLE001  (no CuPy, no driver: the CPU path needs no device)
+        log.debug("gpunet: no GPU selected for local rank %d (%s)", _state["local_rank"], _one_line(exc))
+
+
+def local_rank():
+    """This rank's index among the ranks on its node (0 before :func:`init` or with one rank)."""
+    return _state["local_rank"]
 
 
 def rank_and_size():
@@ -165,3 +237,195 @@ class Reducer:
         values = self.comm.allgather(value)
         if any(v != values[0] for v in values):
             raise ValueError(f"distributed fit: every rank must pass the same {what}; got {values}")
+
+
+# ----------------------------------------------------------------------------- ranks that agree or stop
+def _digest(backend, *arrays):
+    """blake2b (16 hex digits) of the arrays' dtypes, shapes and host bytes: equal only if bit-identical."""
+    h = hashlib.blake2b(digest_size=8)
+    for a in arrays:
+        a = np.ascontiguousarray(backend.to_host(a) if backend is not None else a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return "blake2b:" + h.hexdigest()
+
+
+def _state_kept(opt, params):
+    """Whether ``opt.bind(params)`` will keep the optimizer's state (as ``Optimizer.bind`` decides)."""
+    ref = getattr(opt, "_owner", None)
+    owner = ref() if ref is not None else None
+    size = getattr(opt, "_size", None)
+    names = getattr(opt, "state_names", ())
+    return ((owner is params or (owner is None and size == params.shape[0])) and size == params.shape[0]
+            and all(k in opt.state for k in names))
+
+
+def fingerprint(model, opt, loss, Xd, Yd, batch_size, epochs, shuffle, shard):
+    """What every rank of a distributed fit must have alike, as ``{field: printable value}``."""
+    backend = model.backend
+    fields = {
+        "layers": list(model.layer_sizes), "dtype": str(model.dtype),
+        "activations": f"{model.hidden_activation}/{model.output_activation}", "seed": model.seed,
+        "init": model.init, "l1": model.l1, "l2": model.l2, "dropout": model.dropout, "loss": loss,
+        "optimizer": type(opt).__name__,
+    }
+    fields.update(opt.get_config())  # lr, betas, eps, momentum, weight_decay, ...
+    if _state_kept(opt, model.params):
+        fields["optimizer state"] = (f"step {opt.step_count} "
+                                     + _digest(backend, *(opt.state[k] for k in opt.state_names)))
+    else:
+        fields["optimizer state"] = "fresh"
+    fields.update({"batch_size": batch_size, "epochs": epochs, "shuffle": bool(shuffle), "shard": bool(shard)})
+    # with shard=True each rank has its own rows: only their count (and width) must agree
+    fields["data shape"] = [list(Xd.shape), list(Yd.shape)]
+    if not shard:
+        fields["data checksum"] = _digest(backend, Xd, Yd)
+    standard = [np.asarray(v, dtype=np.float64) for v in (model.input_mean, model.input_scale) if v is not None]
+    fields["input standardisation"] = _digest(None, *standard) if standard else None
+    fields["parameters"] = _digest(backend, model.params)
+    fields["shuffle generator"] = hashlib.blake2b(repr(model.shuffle_rng.bit_generator.state).encode(),
+                                                  digest_size=8).hexdigest()
+    fields["epochs trained"] = model.epochs_trained
+    fields["device kind"] = backend.kind
+    return fields
+
+
+def _ranks(ranks):
+    return f"rank {ranks[0]} has" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))} have"
+
+
+def _disagreement(fields):
+    """The one-line message naming each field whose value differs between ranks, or None."""
+    parts = []
+    for name in dict.fromkeys(k for f in fields for k in f):  # every rank's fields, in order
+        values = [f.get(name) for f in fields]
+        if all(v == values[0] for v in values):
+            continue
+        groups = {}
+        for r, v in enumerate(values):
+            groups.setdefault(repr(v), (v, []))[1].append(r)
+        parts.append(f"{name}: " + ", ".join(f"{_ranks(rs)} {v}" for v, rs in groups.values()))
+    return "distributed ranks disagree on " + "; ".join(parts) if parts else None
+
+
+def _allgather(status):
+    """The fit setup agreement: ONE ``allgather`` of this rank's status (a fingerprint or an error)."""
+    _state["agreements"] += 1
+    return _state["comm"].allgather(status)
+
+
+def setup(backend, fields):
+    """Agree on ``fields`` (from :func:`fingerprint`) with every rank, then return the gradient
+    :class:`Reducer`. Raises the same ``ValueError`` on every rank when they disagree, and
+    :class:`DistributedError` when another rank's fit failed before this agreement."""
+    init()
+    comm = _state["comm"]
+    statuses = _allgather({"ok": True, "fields": fields})
+    failed = [(r, s["error"]) for r, s in enumerate(statuses) if not s["ok"]]
+    if failed:
+        raise DistributedError("distributed fit: " + "; ".join(f"rank {r} failed before training ({e})"
+                                                                for r, e in failed))
+    message = _disagreement([s["fields"] for s in statuses])
+    if message is not None:
+        raise ValueError(message)
+    if _state["errcomm"] is None and comm.Get_size() > 1:  # a collective: every rank agreed just now
+        _state["errcomm"] = comm.Dup()
+    reducer = Reducer(backend, comm)
+    if _state["fit"] is not None:
+        _state["fit"]["training"] = True
+    return reducer
+
+
+def report_failure(exc):
+    """This rank failed before its next fit's setup agreement: take part in it with the error, so the
+    other ranks raise :class:`DistributedError` naming this rank instead of waiting for it."""
+    if _state["comm"] is None:
+        try:
+            init()
+        except ImportError:  # no MPI: nobody waits
+            return
+    if _state["comm"].Get_size() > 1:
+        _allgather({"ok": False, "error": _one_line(exc)})
+
+
+def _all_failed(timeout):
+    """Whether every rank joins the failure barrier within ``timeout`` seconds (then all of them failed
+    and none waits in a training collective)."""
+    req = _state["errcomm"].Ibarrier()
+    deadline = time.monotonic() + timeout
+    while not req.Test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _abort(exc, when):
+    comm = _state["comm"]
+    sys.stdout.flush()
+    sys.stderr.write(f"gpunet: rank {comm.Get_rank()} of {comm.Get_size()} failed {when} ({_one_line(exc)}); "
+                     "aborting every rank\n")
+    sys.stderr.flush()
+    comm.Abort(1)
+
+
+@contextlib.contextmanager
+def guard():
+    """Wrap a rank's work up to (and including) its distributed fit, e.g. a script's or the CLI's own
+    checks: if it fails before that fit's setup agreement, the others learn it in their agreement
+    (:func:`report_failure`) and raise, instead of waiting forever. Errors after the fit pass through."""
+    start = _state["agreements"]
+    try:
+        yield
+    except BaseException as exc:
+        if _state["agreements"] == start:
+            report_failure(exc)
+        raise
+
+
+def guard_fit(fit):
+    """Decorator of ``train.fit``: with ``distributed=True`` the fit takes part in exactly one setup
+    agreement whatever happens before it, and an error after it either is every rank's (all raise) or
+    aborts the job after :func:`_timeout` seconds (the others wait in a collective)."""
+    @functools.wraps(fit)
+    def guarded(*args, **kwargs):
+        if not kwargs.get("distributed"):
+            return fit(*args, **kwargs)
+        outer, _state["fit"] = _state["fit"], {"training": False}
+        try:
+            with guard():
+                return fit(*args, **kwargs)
+        except BaseException as exc:
+            comm = _state["comm"]
+            if _state["fit"]["training"] and comm is not None and comm.Get_size() > 1 \
+                    and not _all_failed(_timeout()):
+                _abort(exc, "during distributed training")
+            raise
+        finally:
+            _state["fit"] = outer
+    return guarded
+
+
+_WATCHER = "import os, shutil, sys; os.read(int(sys.argv[1]), 1); shutil.rmtree(sys.argv[2], ignore_errors=True)"
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix):
+    """A temporary folder removed when the block ends, and also when this process ends any other way
+    (killed by ``Abort`` while it waits in a collective, SIGKILL): a helper process in its own session
+    waits for the end of a pipe only this process holds, then removes the folder."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    read, write = os.pipe()
+    try:
+        subprocess.Popen([sys.executable, "-I", "-c", _WATCHER, str(read), path], pass_fds=(read,),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    except OSError as exc:  # no helper: the finally below still removes it on every ordinary exit
+        log.debug("gpunet: no helper to remove %s (%s)", path, exc)
+    finally:
+        os.close(read)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(write)

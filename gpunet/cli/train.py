@@ -6,9 +6,7 @@ import io
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,22 +26,21 @@ def cmd_train(args):
     writes the run folder and prints, the other ranks work silently in a scratch folder removed after."""
     if not getattr(args, "distributed", False):
         return _cmd_train(args)
-
-
     rank, _ = distributed.init()
-    if rank == 0:
-        return _cmd_train(args)
-    scratch = tempfile.mkdtemp(prefix=f"gpunet-rank{rank}-")
-    args.out, args.quiet, args.overwrite = os.path.join(scratch, "run"), True, False
-    logging.getLogger("gpunet").setLevel(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return _cmd_train(args)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        with distributed.guard():
+            if rank == 0:
+                return _cmd_train(args)
+            with distributed.scratch_dir(f"gpunet-rank{rank}-") as scratch:
+                args.out, args.quiet, args.overwrite = os.path.join(scratch, "run"), True, False
+                logging.getLogger("gpunet").setLevel(logging.WARNING)
+                with contextlib.redirect_stdout(io.StringIO()):
+                    return _cmd_train(args)
+    except distributed.DistributedError as exc:  # another rank's error, already one line: not an internal one
+        raise CLIError(str(exc)) from None
+
 
 def _cmd_train(args):
-
     if args.tf32:
         backend.set_tf32(True)
     previous = {"history": {}, "seconds": []}

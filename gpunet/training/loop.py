@@ -76,6 +76,7 @@ def _check_validation_data(model, validation_data, loss):
     return model.upload(validation_data[0], validation_data[1], loss, name="validation_data X")
 
 
+@distributed.guard_fit  # distributed=True: the ranks agree at setup, or stop (gpunet.distributed)
 def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None, shuffle=True,
         callbacks=None, verbose=1, cuda_graph=None, distributed=False, shard=False, validation_split=0.0,
         record="epoch"):
@@ -148,7 +149,7 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
         opt = optim.get(optimizer)
     Xd, Yd = model.upload(X, y, loss)
     val = _check_validation_data(model, validation_data, loss)
-    reducer = _distributed_setup(model, Xd, batch_size, epochs, shuffle, shard) if distributed else None
+    reducer = _distributed_setup(model, opt, loss, Xd, Yd, batch_size, epochs, shuffle, shard) if distributed else None
     if reducer is not None and reducer.rank:  # rank 0 alone logs, validates and writes checkpoints
         verbose, val = 0, None
         callbacks = [c for c in (callbacks or []) if not isinstance(c, _callbacks.ModelCheckpoint)]
@@ -242,11 +243,11 @@ def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size,
     return trainer.history
 
 
-def _distributed_setup(model, Xd, batch_size, epochs, shuffle, shard):
-    """The gradient reducer, after checking that every rank called ``fit`` alike (a collective)."""
-    reducer = distributed.Reducer(model.backend)
-    reducer.check_same("data shape, batch_size, epochs, shuffle and model size",
-                       (tuple(Xd.shape), batch_size, epochs, bool(shuffle), model.n_params))
+def _distributed_setup(model, opt, loss, Xd, Yd, batch_size, epochs, shuffle, shard):
+    """The gradient reducer, after ONE allgather of every rank's fingerprint (a collective): the same
+    one-line error on every rank when they differ (see :func:`gpunet.distributed.fingerprint`)."""
+    reducer = distributed.setup(model.backend, distributed.fingerprint(model, opt, loss, Xd, Yd, batch_size,
+                                                                       epochs, shuffle, shard))
     if shard and batch_size % reducer.size:
         raise ValueError(f"shard=True needs batch_size divisible by the number of ranks ({reducer.size}); "
                          f"got {batch_size}")
