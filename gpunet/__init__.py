@@ -5,6 +5,8 @@
 >>> (X, y), (Xt, yt) = gn.datasets.load_mnist()
 >>> hist = net.fit(X, y, epochs=10, batch_size=128, optimizer=gn.Adam(lr=1e-3))
 """
+import importlib
+
 from gpunet import callbacks, datasets
 from gpunet._version import __version__
 from gpunet.backend import devices
@@ -18,8 +20,6 @@ from gpunet.stack import MLPStack
 def __getattr__(name):
     """``gn.plot`` and ``gn.bench`` import on first use (matplotlib and the peers are not needed to train)."""
     if name in ("plot", "bench"):
-        import importlib
-
         return importlib.import_module(f"gpunet.{name}")
     raise AttributeError(f"module 'gpunet' has no attribute {name!r}")
 

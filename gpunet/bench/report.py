@@ -91,11 +91,11 @@ def markdown(report):
         rs = {r["impl"]: r for r in results if r["workload"] == wl}
         ours = rs.get("gpunet", {})
 
-        def cell(i):
+        def cell(i, rs=rs):
             r = rs.get(i)
             return "—" if r is None else "error" if r.get("error") else f"{r['samples_per_s']:,.0f}"
 
-        def ratio(i):
+        def ratio(i, rs=rs, ours=ours):
             r = rs.get(i)
             if r is None or not ours:
                 return "—"
