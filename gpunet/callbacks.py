@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 
 from gpunet import checks
@@ -127,6 +128,9 @@ class ModelCheckpoint(Callback):
     ``monitor`` are written."""
 
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto"):
+        if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+            raise TypeError(f"ModelCheckpoint needs a file path (str or os.PathLike), got {path!r}")
+        path = os.fspath(path)
         self.path, self.monitor, self.save_best_only = str(path), monitor, save_best_only
         self.mode = _better(mode, monitor)
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -173,8 +177,8 @@ class StepDecay(LearningRateScheduler):
     """``lr = base_lr * gamma ** (epoch // step_size)``."""
 
     def __init__(self, step_size, gamma=0.1):
-        if step_size < 1 or not gamma > 0:
-            raise ValueError("step_size must be >= 1 and gamma > 0")
+        step_size = checks.check_int("step_size", step_size, low=1)
+        gamma = checks.check_hyper("gamma", gamma, low=0.0, low_open=True)
         super().__init__(lambda epoch, lr: self.base_lr * gamma ** (epoch // step_size))
 
 
@@ -182,8 +186,8 @@ class CosineDecay(LearningRateScheduler):
     """Cosine annealing from the base rate to ``min_lr`` over ``epochs`` epochs (then ``min_lr``)."""
 
     def __init__(self, epochs, min_lr=0.0):
-        if epochs < 1 or min_lr < 0:
-            raise ValueError("epochs must be >= 1 and min_lr >= 0")
+        epochs = checks.check_int("epochs", epochs, low=1)
+        min_lr = checks.check_hyper("min_lr", min_lr)
 
         def schedule(epoch, lr):
             t = min(epoch, epochs) / epochs

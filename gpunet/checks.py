@@ -90,8 +90,16 @@ def host_view(name, X):
     return X
 
 
+def is_sparse(X) -> bool:
+    """A SciPy sparse matrix or array (recognised without importing SciPy)."""
+    return type(X).__module__.startswith("scipy.sparse") and hasattr(X, "toarray")
+
+
 def as_float_array(name, X):
-    """A host float64-or-float32 ndarray from array-likes; rejects objects, strings, complex."""
+    """A host float64-or-float32 ndarray from array-likes; rejects objects, strings, complex, sparse matrices."""
+    if is_sparse(X):
+        raise TypeError(f"{name} is a sparse matrix ({type(X).__name__}); gpunet.MLP takes dense arrays: densify it "
+                        f"with {name}.toarray(), or use gpunet.sklearn's estimators, which take sparse input")
     if is_device_array(X):
         raise TypeError(f"{name} is a CUDA array but this model is on the CPU: copy it to the host first "
                         "(e.g. cupy.asnumpy(X)), or build the model with device='cuda'")
@@ -156,6 +164,8 @@ def check_targets(y, n_samples, n_outputs, loss, name="y"):
     Cross-entropy takes integer class labels (n,) in [0, n_outputs) or one-hot/probability rows
     (n, n_outputs); binary cross-entropy takes values in [0, 1]; MSE/MAE take any finite values.
     """
+    if y is None:
+        raise ValueError(f"{name} is required: pass the targets as well as the inputs (got None)")
     arr = as_float_array(name, y)
     if arr.shape[:1] != (n_samples,):
         got = arr.shape[0] if arr.ndim else "a scalar"

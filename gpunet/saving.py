@@ -204,6 +204,10 @@ def _check_fields(path, meta):
         bad("optimizer.step_count", f"must be an integer >= 0, got {steps!r}")
     if not isinstance(opt.get("config"), dict) or not isinstance(opt.get("state", []), list):
         bad("optimizer", "needs a 'config' object and a 'state' list")
+    names = opt.get("state", [])
+    if not all(isinstance(n, str) and n in _STATE_NAMES for n in names) or len(set(names)) != len(names):
+        bad("optimizer.state", f"must list distinct state buffer names among {', '.join(_STATE_NAMES)}, got "
+                               f"{str(names)[:80]!r}")
 
 
 def restore_into(model, path, meta, arrays):

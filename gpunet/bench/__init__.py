@@ -87,6 +87,9 @@ def validate_args(args):
             raise ValueError(f"{flag} must be >= {low}, got {value}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a folder (bench writes bench.json, bench.md and "
+                         f"bench.png into a folder)")
 
 def default_steps(layers, batch_size, device):
     """About 0.3-1 s of work per run on a 2-core CPU (more for small batches: overhead-bound)."""

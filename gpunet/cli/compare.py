@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 import gpunet as gn
-from gpunet import plot
+from gpunet import checks, plot
 from gpunet.cli.config import CLIError, make_optimizer, make_schedule, resolve_config
 from gpunet.cli.data import attach_data, check_widths, load_data, make_model, targets
 from gpunet.cli.parser import layers_arg
@@ -98,11 +98,14 @@ def cmd_compare(args):
             model = make_model(cfg, data)
             model.resolve_loss(cfg["loss"])
             make_optimizer(cfg)
-            if cfg["epochs"] < 0:
-                raise ValueError(f"epochs must be >= 0, got {cfg['epochs']}")
+            checks.check_int("epochs", cfg["epochs"], low=0)
+            checks.check_int("batch_size", cfg["batch_size"], low=1)
         except (ValueError, TypeError, CLIError) as exc:
             raise CLIError(f"--vary {', '.join(f'{k}={v}' for k, v in combo)}: {exc}") from None
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a folder (compare writes compare.json, compare.md and "
+                       f"compare.png into a folder)")
     out.mkdir(parents=True, exist_ok=True)
     regression = data.classes is None
     results = []

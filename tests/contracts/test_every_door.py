@@ -1,0 +1,151 @@
+"""The same bad input through every door that takes it: MLP, MLPStack, the CLI. Each class of mistake is
+refused at one choke point (``MLP.upload``, ``gpunet.checks``, the callbacks' constructors, the CLI's grid and
+``--out`` checks), before anything changes."""
+import numpy as np
+import pytest
+
+import gpunet as gn
+from gpunet import cli
+
+X = np.linspace(-1, 1, 40).reshape(-1, 1)
+Y = np.sin(3 * X)
+
+
+def _trained_mlp():
+    net = gn.MLP([1, 8, 1], "tanh", dtype="float64", seed=0)
+    net.fit(X, Y, epochs=2, batch_size=8, optimizer=gn.Adam(lr=1e-2), verbose=0)
+    return net
+
+
+def _same(net, weights, opt, epochs):
+    assert net.optimizer is opt and net.epochs_trained == epochs
+    for a, b in zip(net.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("door", ["fit", "evaluate", "loss_and_gradients", "score"])
+def test_missing_targets_are_refused_by_every_mlp_door_and_change_nothing(door):
+    net = _trained_mlp()
+    before, opt = net.get_weights(), net.optimizer
+    with pytest.raises((ValueError, TypeError), match="required|None"):
+        getattr(net, door)(X, None)
+    _same(net, before, opt, 2)
+
+
+def test_missing_targets_are_refused_by_the_stack_and_change_nothing():
+    stack = gn.MLPStack([1, 8, 1], "tanh", seeds=[0, 1], dtype="float64")
+    before = np.array(stack.params)
+    with pytest.raises(ValueError, match="y is required"):
+        stack.fit(X, None, epochs=1)
+    np.testing.assert_array_equal(stack.params, before)
+    assert stack.optimizer is None and stack.epochs_trained == 0
+
+
+@pytest.mark.parametrize("door", ["mlp.fit", "mlp.predict", "mlp.evaluate", "stack.fit", "stack.predict"])
+def test_sparse_input_is_refused_with_a_message_that_says_sparse(door):
+    sparse = pytest.importorskip("scipy.sparse")
+    Xs = sparse.csr_matrix(X)
+    owner, method = door.split(".")
+    obj = gn.MLP([1, 8, 1], "tanh", seed=0) if owner == "mlp" else gn.MLPStack([1, 8, 1], "tanh", seeds=[0, 1])
+    args = (Xs,) if method == "predict" else (Xs, Y)
+    with pytest.raises(TypeError, match="sparse matrix.*toarray"):
+        getattr(obj, method)(*args)
+
+
+def test_models_handed_out_by_a_stack_are_never_rewritten_by_it():
+    stack = gn.MLPStack([1, 8, 1], "tanh", seeds=[0, 1], dtype="float64")
+    stack.fit(X, Y, epochs=1, batch_size=8, optimizer=gn.Adam(lr=1e-2))
+    mine = stack.models()[0]
+    mine.fit(X, Y, epochs=3, batch_size=8, verbose=0)  # trained alone: 4 epochs, its own optimizer
+    weights, opt = mine.get_weights(), mine.optimizer
+    stack.models()
+    stack.predict(X)
+    stack.fit(X, Y, epochs=1, batch_size=8)
+    stack.models()
+    _same(mine, weights, opt, 4)
+    assert opt.step_count == 4 * 5
+
+
+def test_a_scalar_stack_learning_rate_is_a_clear_error():
+    with pytest.raises(TypeError, match="one learning rate per model"):
+        gn.MLPStack([1, 8, 1], seeds=[0, 1], lr=0.1)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: gn.ModelCheckpoint(None), "file path"),
+    (lambda: gn.CosineDecay("10"), "epochs must be an integer"),
+    (lambda: gn.StepDecay(2, gamma="x"), "gamma must be a number"),
+])
+def test_callbacks_refuse_bad_arguments_when_built(make, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        make()
+
+
+def test_a_bad_dtype_argument_to_load_is_the_callers_error_not_the_files(tmp_path):
+    net = _trained_mlp()
+    net.save(tmp_path / "m.npz")
+    with pytest.raises(ValueError, match="dtype must be one of") as err:
+        gn.load(tmp_path / "m.npz", dtype="float16")
+    assert "m.npz" not in str(err.value)
+
+
+@pytest.mark.parametrize("names", [[["exp_avg"]], ["exp_avg", "exp_avg"], ["../../etc"]])
+def test_crafted_optimizer_state_names_are_refused(tmp_path, names):
+    import json
+    import zipfile
+
+    net = _trained_mlp()
+    path = tmp_path / "m.npz"
+    net.save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    meta["optimizer"]["state"] = names
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    assert zipfile.is_zipfile(bad)
+    with pytest.raises(ValueError, match="optimizer.state"):
+        gn.load(bad)
+
+
+def _cli(capsys, *argv):
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("command", ["compare", "bench"])
+def test_out_that_is_a_file_is_exit_2_with_one_line(tmp_path, capsys, command):
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    argv = ["compare", "--dataset", "sincos", "--epochs", "1", "--vary", "lr=0.01,0.02", "--seeds", "1",
+            "--out", str(target)] if command == "compare" else ["bench", "--quick", "--out", str(target)]
+    code, err = _cli(capsys, *argv)
+    assert code == 2 and len(err) == 1 and "not a folder" in err[0], err
+    assert target.read_text() == "keep me"
+
+
+def test_compare_checks_the_whole_grid_before_it_trains_or_writes(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code, err = _cli(capsys, "compare", "--dataset", "sincos", "--epochs", "1", "--seeds", "1",
+                     "--vary", "batch_size=20,0", "--out", str(out))
+    assert code == 2 and len(err) == 1 and "batch_size" in err[0], err
+    assert not out.exists()
+
+
+def test_a_missing_optional_extra_is_an_install_hint_with_exit_2(tmp_path, capsys, monkeypatch):
+    from gpunet import _optional
+
+    net = _trained_mlp()
+    net.save(tmp_path / "m.npz")
+    real = _optional.importlib.import_module
+
+    def no_onnx(name, *a):
+        if name.partition(".")[0] == "onnx":
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *a)
+    monkeypatch.setattr(_optional.importlib, "import_module", no_onnx)
+    code, err = _cli(capsys, "export", "--model", str(tmp_path / "m.npz"), "--onnx", str(tmp_path / "m.onnx"))
+    assert code == 2 and len(err) == 1 and "pip install 'gpunet[onnx]'" in err[0], err
+    assert not (tmp_path / "m.onnx").exists()
