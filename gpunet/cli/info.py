@@ -28,7 +28,7 @@ def cmd_info(args):
     print(f"BLAS: {blas_info()}")
     print("devices:")
     print("  cpu")
-    print(_fast_path_lines(backend.CPU))
+    print(fast_path_lines(backend.CPU))
     ok, why = backend.cuda_status(0)
     if not ok:
         print(f"  (no CUDA device: {why})")
@@ -39,10 +39,10 @@ def cmd_info(args):
         dev_name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         print(f"  {name}: {dev_name}, {props['totalGlobalMem'] / 2 ** 30:.1f} GiB, "
               f"compute capability {props['major']}.{props['minor']}")
-        print(_fast_path_lines(backend.resolve(name)))
+        print(fast_path_lines(backend.resolve(name)))
     return 0
 
-def _fast_path_lines(be):
+def fast_path_lines(be):
     """The fast paths of a backend after its self-check (``gpunet info``)."""
 
     if be.is_gpu:

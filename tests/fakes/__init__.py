@@ -1,0 +1,1 @@
+"""Stand-ins for hardware and its libraries (CuPy, libcublas) used by the CPU test suite."""
