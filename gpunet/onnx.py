@@ -6,7 +6,7 @@ activation node (``Relu``, ``Sigmoid``, ``Tanh``; nothing for ``linear``), and `
 ``Sigmoid`` on the output. Input ``"X"`` (batch, n_features) and output ``"Y"`` (batch, n_outputs) in the
 model's dtype, with a symbolic batch dimension. Opset 17 and IR version 8, which every onnxruntime since
 1.13 runs. What ``onnxruntime`` computes equals :meth:`gpunet.MLP.predict` within 1e-5 in float32
-(``tests/test_onnx.py``).
+(``tests/unit/test_onnx.py``).
 """
 from __future__ import annotations
 

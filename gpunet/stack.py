@@ -11,7 +11,7 @@ come from its own seed through the same generators as ``MLP(seed=s)`` (the K tem
 *are* those generators), and it may have its own learning rate. The optimizer update is elementwise
 over the flat buffer, so it is applied to the whole ``(K, n_params)`` buffer at once with the learning
 rate broadcast per row. Model ``k`` therefore equals ``MLP(seed=seeds[k])`` trained alone with the same
-settings, to float64 rounding (``tests/test_stack.py``).
+settings, to float64 rounding (``tests/unit/test_stack.py``).
 
 The maths is written once against ``xp`` (NumPy, CuPy), like :mod:`gpunet.model`; only host-drawn
 randomness (permutations, dropout masks) goes through the backend.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -53,23 +54,74 @@ def _parse_vary(items, base):
         grid.append((key, conv))
     return grid
 
+def _new_stack(cfg, data, seeds):
+    stack = gn.MLPStack(cfg["layers"], cfg["hidden_activation"], cfg["output_activation"], seeds=seeds,
+                        device=cfg["device"], dtype=cfg["dtype"], init=cfg["init"], l1=cfg["l1"], l2=cfg["l2"],
+                        dropout=cfg["dropout"])
+    attach_data(stack, data)
+    return stack
+
+
+def choose_stacked(cfg, data, seeds):
+    """Whether training the seeds together as one MLPStack is faster than one after the other, measured: on a
+    CUDA device always (one launch sequence for all models instead of one per model); on the CPU, one epoch
+    over up to 8 batches of the training data is timed both ways after a warm-up epoch (which also compiles
+    the fused CPU step, so no configuration's first timed run includes compilation). Returns (bool, reason)."""
+    forced = os.environ.get("GPUNET_STACK")
+    if forced in ("0", "1"):
+        return forced == "1", f"forced by $GPUNET_STACK={forced}"
+    if str(cfg["device"]).startswith("cuda"):
+        return True, "on CUDA: one batched launch sequence for all models"
+    X, y = data.train
+    rows = min(len(X), 8 * cfg["batch_size"])
+    X, y = X[:rows], y[:rows]
+    stack = _new_stack(cfg, data, seeds)
+    loss = stack.resolve_loss(cfg["loss"])
+    Y = targets(stack, loss, y, data.classes is not None)
+    fit = dict(batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss)
+    stack.fit(X, Y, epochs=1, **fit)
+    t0 = time.perf_counter()
+    stack.fit(X, Y, epochs=1, batch_size=cfg["batch_size"], loss=loss)
+    stacked = time.perf_counter() - t0
+    one = make_model({**cfg, "seed": seeds[0]}, data)
+    one.fit(X, Y, epochs=1, verbose=0, **fit)
+    t0 = time.perf_counter()
+    one.fit(X, Y, epochs=1, verbose=0, batch_size=cfg["batch_size"], loss=loss)
+    sequential = (time.perf_counter() - t0) * len(seeds)
+    reason = (f"measured over {rows} rows: {stacked * 1e3:.1f} ms per epoch stacked, {sequential * 1e3:.1f} ms "
+              f"for {len(seeds)} sequential models")
+    return stacked < sequential, reason
+
+
 def _train_seeds(cfg, data, seeds, record):
     """The configuration ``cfg`` trained once per seed: ``[(model, history, seconds)]``. Without a
-    learning-rate schedule or per-batch records, all seeds train together as one :class:`gpunet.MLPStack`
-    (batched GEMMs; each model equals its own run to float64 rounding), else one after the other."""
+    learning-rate schedule or per-batch records, and where :func:`choose_stacked` measures it faster, all seeds
+    train together as one :class:`gpunet.MLPStack` (batched GEMMs; each model equals its own run to float64
+    rounding), else one after the other. The choice and its measurement are printed."""
 
     schedule = make_schedule(cfg)
+    stacked, reason = False, "a learning-rate schedule or --record batch needs separate fits"
     if schedule is None and record == "epoch" and len(seeds) > 1:
-        stack = gn.MLPStack(cfg["layers"], cfg["hidden_activation"], cfg["output_activation"], seeds=seeds,
-                            device=cfg["device"], dtype=cfg["dtype"], init=cfg["init"], l1=cfg["l1"], l2=cfg["l2"],
-                            dropout=cfg["dropout"])
-        attach_data(stack, data)
+        stacked, reason = choose_stacked(cfg, data, seeds)
+    elif len(seeds) == 1:
+        reason = "one seed"
+    print(f"  {len(seeds)} seed(s) trained {'together as one MLPStack' if stacked else 'one after the other'} "
+          f"({reason})")
+    if stacked:
+        stack = _new_stack(cfg, data, seeds)
         loss = stack.resolve_loss(cfg["loss"])
         t0 = time.perf_counter()
-        hists = stack.fit(data.train[0], targets(stack, loss, data.train[1], data.classes is not None), epochs=cfg["epochs"],
-                          batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss)
+        hists = stack.fit(data.train[0], targets(stack, loss, data.train[1], data.classes is not None),
+                          epochs=cfg["epochs"], batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss)
         seconds = (time.perf_counter() - t0) / len(seeds)
         return [(m, h, seconds) for m, h in zip(stack.models(), hists)], True
+    if not (len(seeds) > 1 and schedule is None and record == "epoch"):  # (choose_stacked warmed it up)
+        # warm up (compile the fused CPU step) so the first seed's time is like the others'
+        warm = make_model({**cfg, "seed": seeds[0]}, data)
+        rows = min(len(data.train[0]), 2 * cfg["batch_size"])
+        warm.fit(data.train[0][:rows], targets(warm, warm.resolve_loss(cfg["loss"]), data.train[1][:rows],
+                                              data.classes is not None),
+                 epochs=1, batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), verbose=0)
     runs = []
     for seed in seeds:
         model = make_model({**cfg, "seed": seed}, data)

@@ -8,7 +8,7 @@ gives bit-identical initial weights on every device.
 
 Why Glorot by default: on the seed's deep regression net [1, 50 x 9, 1] with plain SGD (lr 0.01,
 batch 20) He initialisation diverges within the first few batches, while Glorot converges (measured;
-``tests/test_learning.py``). He remains the better start for deep ReLU nets with smaller steps.
+``tests/contracts/test_learning.py``). He remains the better start for deep ReLU nets with smaller steps.
 
 Biases start at zero.
 """

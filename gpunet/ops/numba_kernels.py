@@ -14,7 +14,7 @@ pass of one batch in two compiled calls over the flat buffers, instead of ~80 Nu
 networks the step is bound by per-call overhead (the seed's [1, 50 x 9, 1] at batch 20 spends most of
 its ~190 us in Python and NumPy dispatch), so this is what makes them fast; large ones spend their
 time in the same BLAS GEMMs either way (``np.dot`` inside Numba calls SciPy's BLAS). Tested against the
-reference in ``tests/test_portability.py``.
+reference in ``tests/contracts/test_portability.py``.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ warning naming it, and training uses the reference expressions for it. CUDA grap
 way at the first ``fit(cuda_graph=True)`` (:meth:`CupyOps.check_graphs`). :func:`fast_path_status` says
 what is live; ``gpunet info`` and ``metrics.json`` show it.
 
-A training step on the GPU (relu hidden layers, softmax cross-entropy, Adam; ``tests/test_gpu_wiring.py``
+A training step on the GPU (relu hidden layers, softmax cross-entropy, Adam; ``tests/unit/test_cuda_wiring.py``
 counts it): two gathers, one GEMM per layer forward, one fused bias+activation kernel per hidden layer and
 one bias add for the output, one softmax-cross-entropy kernel (probabilities, delta, and per row the loss
 and whether it is classified correctly; the forward pass does not compute the softmax a second time) and one
@@ -44,7 +44,7 @@ NAME_EXPRESSIONS = tuple(f"{k}<{t}>" for k in TEMPLATED for t in C_TYPES.values(
 BLOCK = 256
 MAX_GRID = 65535
 #: kernel launches (fused kernels, cuBLAS GEMMs and CuPy kernels) per training step of a 3-layer relu /
-#: softmax / cross-entropy / Adam network, as counted by the fake CuPy of ``tests/test_gpu_wiring.py``
+#: softmax / cross-entropy / Adam network, as counted by the fake CuPy of ``tests/unit/test_cuda_wiring.py``
 LAUNCHES_PER_STEP = 23
 
 _REGISTRY = {}  # device name -> CupyOps: what fast_path_status() reports

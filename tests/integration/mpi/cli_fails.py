@@ -1,4 +1,4 @@
-"""Run under mpirun by tests/test_distributed.py: ``cli_fails.py RANK ARGS...`` runs ``gpunet ARGS...``
+"""Run under mpirun by tests/integration/test_distributed.py: ``cli_fails.py RANK ARGS...`` runs ``gpunet ARGS...``
 with rank RANK's checkpoint write failing (OSError) at the end of epoch 1, mid-training for the others."""
 import sys
 

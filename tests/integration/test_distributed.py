@@ -17,7 +17,7 @@ pytest.importorskip("mpi4py")
 MPIRUN = shutil.which("mpirun")
 pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun not found (pip install 'gpunet[distributed]')")
 WORKER = Path(__file__).parent / "mpi" / "worker.py"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(**extra):

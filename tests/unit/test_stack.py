@@ -97,19 +97,42 @@ def test_compare_trains_seeds_together_with_the_same_results(tmp_path):
     """`gpunet compare` stacks the seeds of a configuration when nothing needs per-model callbacks; the
     per-seed results equal the sequential runs (which --record batch forces)."""
     import json
+    import os
     import subprocess
     import sys
 
     def compare(out, *extra):
         cmd = [sys.executable, "-m", "gpunet", "compare", "--dataset", "sincos", "--epochs", "3", "--seeds", "3",
                "--dtype", "float64", "--vary", "hidden_activation=tanh,relu", "--out", str(tmp_path / out), *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        env = dict(os.environ, GPUNET_STACK="1")  # the equality below needs the stacked path whatever it measures
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr
         return json.loads((tmp_path / out / "compare.json").read_text())["results"], proc.stdout
 
     stacked, text = compare("a")
     sequential, _ = compare("b", "--record", "batch")
     assert all(r["stacked"] for r in stacked) and not any(r["stacked"] for r in sequential)
-    assert "seeds trained together" in text
+    assert "3 seed(s) trained together as one MLPStack (forced by $GPUNET_STACK=1)" in text
     for a, b in zip(stacked, sequential):
         np.testing.assert_allclose([r["loss"] for r in a["runs"]], [r["loss"] for r in b["runs"]], rtol=1e-9)
+
+
+def test_compare_chooses_stacked_or_sequential_by_a_measurement_and_says_so(tmp_path, capsys, monkeypatch):
+    """Without $GPUNET_STACK, compare times one epoch both ways and trains the faster way, printing both
+    timings; compare.json's ``stacked`` is the printed choice."""
+    import json
+    import re
+
+    from gpunet import cli
+
+    monkeypatch.delenv("GPUNET_STACK", raising=False)
+    code = cli.main(["compare", "--dataset", "sincos", "--epochs", "1", "--seeds", "2", "--vary", "lr=0.01,0.02",
+                     "--out", str(tmp_path / "c")])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = re.findall(r"2 seed\(s\) trained (together as one MLPStack|one after the other) \(measured over \d+ "
+                       r"rows: ([\d.]+) ms per epoch stacked, ([\d.]+) ms for 2 sequential models\)", out)
+    assert len(lines) == 2, out
+    results = json.loads((tmp_path / "c" / "compare.json").read_text())["results"]
+    for (how, stacked_ms, sequential_ms), row in zip(lines, results):
+        assert row["stacked"] == (how == "together as one MLPStack") == (float(stacked_ms) < float(sequential_ms))

@@ -1,4 +1,4 @@
-"""Run under mpirun by tests/test_distributed.py: ``worker.py MODE OUT [extra]``.
+"""Run under mpirun by tests/integration/test_distributed.py: ``worker.py MODE OUT [extra]``.
 
 MODE train: 2 epochs float64 data-parallel, rank 0 writes the weights to OUT (.npz, plain arrays).
 MODE shard: the same with each rank given its half of the data (shard=True).

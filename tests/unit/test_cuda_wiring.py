@@ -8,7 +8,7 @@ equal the CPU backend. The fake CuPy counts kernel launches (fused kernels, GEMM
 copies), models CuPy 14.2's refusal of cuBLAS during stream capture, and a fake libcublas executes the
 C-API GEMMs of ``gpunet/cublas.py`` on the arrays' raw memory (column-major, as cuBLAS). Failures of each
 fast path are injected to check the self-check's fallback. The kernels' own arithmetic is checked by
-``test_kernels.py`` (nvcc host harness) and on a GPU by ``test_gpu.py``.
+``tests/unit/test_kernels_cu.py`` (nvcc host harness) and on a GPU by ``tests/gpu/test_gpu.py``.
 """
 import logging
 
