@@ -260,6 +260,10 @@ class _PerformanceWarning(RuntimeWarning):
     "The device where the array resides (1) is different from the current device (0). Peer access has been "
     "activated automatically.",
     "memory efficient einsum is not supported yet",
+    "Jitify is performing a one-time only warm-up to populate the persistent cache, this may take a few seconds "
+    "and will be improved in a future release...",
+    "Using the slower implementation as cupyx.scipy.ndimage.sum supports int32, float16, float32, float64, "
+    "uint32, uint64 as data typesfor the fast implmentation",
 ])
 def test_cupys_performance_warnings_are_not_test_errors(message):
     """pyproject.toml turns RuntimeWarnings into errors; CuPy's PerformanceWarning messages stay warnings."""
