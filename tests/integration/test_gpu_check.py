@@ -28,7 +28,8 @@ def test_help_says_how_to_run_from_the_checkout_and_installs_nothing():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    assert "python scripts/gpu-check [--out FILE] [--quick]" in text
+    assert "python3 scripts/gpu-check [--out FILE] [--quick]" in text and "usage: python3 scripts/gpu-check" in text
+    assert SCRIPT.read_text().splitlines()[0] == "#!/usr/bin/env python3"
     assert "from a checkout" in text and "no network is needed" in text
     assert "numpy, pytest and a CuPy" in text and "PYTHONPATH" in text
     assert "Exit status: 0" in text and "2 when no usable CUDA device" in text
@@ -247,3 +248,148 @@ def test_ctrl_c_takes_the_running_step_down_too(gc, tmp_path):
     pid = int(pidfile.read_text())
     status = Path(f"/proc/{pid}/status")
     assert not status.exists() or status.read_text().split("State:")[1].split()[0] in ("Z", "X")
+
+
+class _PerformanceWarning(RuntimeWarning):
+    """Stands in for cupy._util.PerformanceWarning (a RuntimeWarning subclass) where CuPy is absent."""
+
+
+@pytest.mark.parametrize("message", [
+    "Using synchronous transfer as pinned memory (8388608 bytes) could not be allocated. This generally occurs "
+    "because of insufficient host memory. The original error was: out of memory",
+    "The device where the array resides (1) is different from the current device (0). Peer access has been "
+    "activated automatically.",
+    "memory efficient einsum is not supported yet",
+    "Jitify is performing a one-time only warm-up to populate the persistent cache, this may take a few seconds "
+    "and will be improved in a future release...",
+    "Using the slower implementation as cupyx.scipy.ndimage.sum supports int32, float16, float32, float64, "
+    "uint32, uint64 as data typesfor the fast implmentation",
+])
+def test_cupys_performance_warnings_are_not_test_errors(message):
+    """pyproject.toml turns RuntimeWarnings into errors; CuPy's PerformanceWarning messages stay warnings."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # inherits the configured filters, records what passes
+        warnings.warn(message, _PerformanceWarning)
+    assert [str(w.message) for w in caught] == [message]
+    with pytest.raises(RuntimeWarning, match="overflow"):  # any other RuntimeWarning is still an error
+        warnings.warn("overflow encountered in exp", RuntimeWarning)
+
+
+def test_gpu_tests_run_in_one_process_and_only_the_dead_ones_again(gc, tmp_path):
+    """One pytest process for every test; its watchdog kills a hanging test; the tests without a result
+    (the hung one, the ones it never reached) run again one per process; results before the kill are kept."""
+    f = tmp_path / "test_fake_gpu.py"
+    marker = tmp_path / "pids.txt"
+    f.write_text("import os, time, pytest\n"
+                 f"def _pid(): open({str(marker)!r}, 'a').write(str(os.getpid()) + '\\n')\n"
+                 "def test_ok(): _pid()\n"
+                 "def test_bad(): _pid(); assert 1 == 2\n"
+                 "def test_skip(): _pid(); pytest.skip('no device')\n"
+                 "@pytest.mark.xfail(reason='no replay')\n"
+                 "def test_xf(): _pid(); assert False\n"
+                 "def test_hang(): _pid(); time.sleep(300)\n"
+                 "class TestAfter:\n"
+                 "    @pytest.mark.parametrize('n', [1, 2])\n"
+                 "    def test_after(self, n): _pid()\n")
+    ids = [f"{f}::test_{n}" for n in ("ok", "bad", "skip", "xf", "hang")] + [
+        f"{f}::TestAfter::test_after[{n}]" for n in (1, 2)]
+    report = gc.Report(tmp_path / "out" / "r.json")
+    lines = []
+    tests = gc.run_gpu_tests(ids, report, gc.Clock(600), timeout=4.0, workdir=str(tmp_path),
+                             log=lambda *a, **k: lines.append(a[0]))
+    by_id = {c["test"]: c for c in tests["cases"]}
+    assert [c["test"] for c in tests["cases"]] == ids  # in collection order
+    assert [by_id[i]["status"] for i in ids] == ["passed", "failed", "skipped", "xfailed", "timeout", "passed",
+                                                 "passed"]
+    assert [by_id[i]["run"] for i in ids] == ["shared"] * 4 + ["own process"] * 3
+    assert "1 == 2" in by_id[ids[1]]["message"] and by_id[ids[2]]["message"].endswith("no device")
+    assert by_id[ids[3]]["message"] == "no replay"
+    assert by_id[ids[4]]["shared_run"].startswith("timeout (over 4.0 s")
+    shared = tests["shared_run"]
+    assert shared["status"] == "crashed" and shared["results_from"] == "progress" and shared["results"] == 4
+    pids = marker.read_text().split()
+    assert len(set(pids[:5])) == 1 and len(set(pids)) == 4  # one shared process, then three of their own
+    assert json.loads(report.path.read_text())["tests"]["counts"] == {"passed": 3, "failed": 1, "skipped": 1,
+                                                                      "xfailed": 1, "timeout": 1}
+    assert "3 to re-run one per process" in lines[0]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("gpu-check")] == []  # temp folder removed
+    assert [p.name for p in report.path.parent.iterdir()] == ["r.json"]
+
+
+def test_gpu_tests_take_their_results_from_the_junit_file_when_the_process_lives(gc, tmp_path):
+    f = tmp_path / "test_fake_gpu.py"
+    f.write_text("import pytest\n"
+                 "def test_ok(): pass\n"
+                 "def test_bad(): assert 1 == 2\n"
+                 "@pytest.fixture\n"
+                 "def broken(): raise RuntimeError('setup broke')\n"
+                 "def test_err(broken): pass\n")
+    ids = [f"{f}::test_{n}" for n in ("ok", "bad", "err")]
+    report = gc.Report(tmp_path / "r.json")
+    tests = gc.run_gpu_tests(ids, report, gc.Clock(600), timeout=60, workdir=str(tmp_path), log=lambda *a, **k: None,
+                             rerun_command=lambda *_: pytest.fail("nothing to re-run"))
+    assert [c["status"] for c in tests["cases"]] == ["passed", "failed", "error"]
+    assert tests["shared_run"]["results_from"] == "junit" and tests["shared_run"]["status"] == "failed"
+    assert "setup broke" in tests["cases"][2]["message"]
+
+
+def test_children_get_a_writable_cupy_cache_unless_the_user_set_one(gc, monkeypatch):
+    monkeypatch.delenv("CUPY_CACHE_DIR", raising=False)
+    path = gc.checkout_env()["CUPY_CACHE_DIR"]
+    assert os.path.isdir(path) and os.access(path, os.W_OK)
+    assert gc.checkout_env()["CUPY_CACHE_DIR"] == path  # one folder for every child
+    monkeypatch.setenv("CUPY_CACHE_DIR", "/somewhere/mine")
+    assert gc.checkout_env()["CUPY_CACHE_DIR"] == "/somewhere/mine"
+
+
+def test_default_budget_fits_8_minutes(gc):
+    args = gc.parse_args([])
+    assert args.budget + 20 <= 8 * 60  # 20 s for the last step's kill, the report and the bundle
+
+
+def test_a_killed_run_leaves_only_the_report_beside_out_and_no_temporary_folder(tmp_path):
+    import signal
+
+    fake = tmp_path / "site" / "cupy"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import time; time.sleep(300)\n")  # the probe hangs in `import cupy`
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "results"
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), TMPDIR=str(tmp))
+    env.pop("CUPY_CACHE_DIR", None)
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out / "r.json")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(200):  # until the run's temporary folder exists and the probe runs
+        if any(p.name.startswith("gpu-check-") and not p.name.startswith("gpu-check-cupy") for p in tmp.iterdir()):
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert [p.name for p in out.iterdir()] == ["r.json"]
+    assert json.loads((out / "r.json").read_text())["status"] == "interrupted"
+    assert [p.name for p in tmp.iterdir()] == [f"gpu-check-cupy-cache-{os.getuid()}"]  # the kept kernel cache only
+
+
+def test_benchmark_files_are_one_archive_beside_out(gc, tmp_path):
+    import tarfile
+
+    bench = tmp_path / "work" / "gpu-bench"
+    for label in ("mnist-b32+sinc-b20", "mnist-b128", "mnist-b1024", "mnist-b8192"):
+        (bench / label).mkdir(parents=True)
+        for name in ("bench.json", "bench.md", "bench-gpu.png"):
+            (bench / label / name).write_text(label)
+        (bench / f"{label}.result.json").write_text("{}")
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "r.json").write_text("{}")
+    assert gc.bundle(bench, out / "r-bench.tar.gz")
+    assert sorted(p.name for p in out.iterdir()) == ["r-bench.tar.gz", "r.json"]
+    with tarfile.open(out / "r-bench.tar.gz") as tar:
+        names = tar.getnames()
+    assert "gpu-bench/mnist-b128/bench.json" in names and len([n for n in names if n.endswith(".json")]) == 8
+    assert not gc.bundle(tmp_path / "nothing", out / "x.tar.gz") and not (out / "x.tar.gz").exists()

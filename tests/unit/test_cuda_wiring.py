@@ -11,6 +11,9 @@ fast path are injected to check the self-check's fallback. The kernels' own arit
 ``tests/unit/test_kernels_cu.py`` (nvcc host harness) and on a GPU by ``tests/gpu/test_gpu.py``.
 """
 import logging
+import ctypes
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -670,3 +673,96 @@ def test_a_second_thread_waits_for_the_graph_check_verdict(graphs, rng, monkeypa
     threads[0].join(10)
     assert hist.cuda_graph["replays"] > 0
     assert len(seen) == 1 and isinstance(seen[0], dict) and seen[0]["replays"] > 0, seen
+
+
+# ----------------------------------------------------------------------------- how libcublas is found
+class _Recorder:
+    """ctypes.CDLL stand-in: records the names tried, loads only ``ok`` (a function table for any name)."""
+
+    def __init__(self, ok):
+        self.ok, self.tried = ok, []
+
+    def __call__(self, name):
+        self.tried.append(name)
+        if name != self.ok:
+            raise OSError(f"{name}: cannot open shared object file")
+        return types.SimpleNamespace(**{fn: types.SimpleNamespace() for fn in (
+            "cublasCreate_v2", "cublasDestroy_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2",
+            "cublasSetMathMode", "cublasSgemm_v2", "cublasDgemm_v2")})
+
+
+def _fake_pathfinder(monkeypatch, abs_path=None, error=None):
+    """A ``cuda.pathfinder`` module whose load_nvidia_dynamic_lib returns ``abs_path`` (or raises ``error``)."""
+    calls = []
+
+    def load_nvidia_dynamic_lib(name):
+        calls.append(name)
+        if error is not None:
+            raise error
+        return types.SimpleNamespace(abs_path=abs_path)
+
+    cuda_pkg = types.ModuleType("cuda")
+    pf = types.ModuleType("cuda.pathfinder")
+    pf.load_nvidia_dynamic_lib = load_nvidia_dynamic_lib
+    cuda_pkg.pathfinder = pf
+    monkeypatch.setitem(sys.modules, "cuda", cuda_pkg)
+    monkeypatch.setitem(sys.modules, "cuda.pathfinder", pf)
+    return calls
+
+
+def _cupy_build(monkeypatch, major):
+    from importlib import metadata
+
+    def version(name):
+        if major is not None and name == f"cupy-cuda{major}x":
+            return "14.2.0"
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+
+
+def test_cublas_prefers_the_library_already_mapped(monkeypatch):
+    calls = _fake_pathfinder(monkeypatch, abs_path="/site/nvidia/cu13/lib/libcublas.so.13")
+    monkeypatch.setattr(cublas, "_loaded_path", lambda: "/mapped/libcublas.so.13")
+    rec = _Recorder(ok="/mapped/libcublas.so.13")
+    monkeypatch.setattr(cublas.ctypes, "CDLL", rec)
+    lib = cublas.load_library()
+    assert rec.tried == ["/mapped/libcublas.so.13"] and lib.cublasSgemm_v2.restype is ctypes.c_int
+    assert calls == ["cublas"]  # looked up (it is CuPy's own loader and cheap), but the mapped copy wins
+
+
+def test_cublas_then_loads_what_cupys_pathfinder_finds(monkeypatch):
+    calls = _fake_pathfinder(monkeypatch, abs_path="/site/nvidia/cu13/lib/libcublas.so.13")
+    monkeypatch.setattr(cublas, "_loaded_path", lambda: None)
+    _cupy_build(monkeypatch, 13)
+    rec = _Recorder(ok="/site/nvidia/cu13/lib/libcublas.so.13")
+    monkeypatch.setattr(cublas.ctypes, "CDLL", rec)
+    cublas.load_library()
+    assert calls == ["cublas"] and rec.tried == ["/site/nvidia/cu13/lib/libcublas.so.13"]
+
+
+@pytest.mark.parametrize("major", [13, 12])
+def test_cublas_falls_back_to_the_soname_of_the_cupy_build_only(monkeypatch, major):
+    _fake_pathfinder(monkeypatch, error=RuntimeError("DynamicLibNotFoundError: cublas"))
+    monkeypatch.setattr(cublas, "_loaded_path", lambda: None)
+    _cupy_build(monkeypatch, major)
+    rec = _Recorder(ok=None)
+    monkeypatch.setattr(cublas.ctypes, "CDLL", rec)
+    with pytest.raises(OSError, match="cannot load libcublas"):
+        cublas.load_library()
+    assert rec.tried == [f"libcublas.so.{major}"]  # no other major, no unversioned libcublas.so
+    rec.ok = f"libcublas.so.{major}"
+    rec.tried.clear()
+    cublas.load_library()
+    assert rec.tried == [f"libcublas.so.{major}"]
+
+
+def test_cublas_without_pathfinder_is_not_an_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cuda.pathfinder", None)  # import raises ImportError
+    monkeypatch.setattr(cublas, "_loaded_path", lambda: None)
+    _cupy_build(monkeypatch, 13)
+    rec = _Recorder(ok="libcublas.so.13")
+    monkeypatch.setattr(cublas.ctypes, "CDLL", rec)
+    cublas.load_library()
+    assert rec.tried == ["libcublas.so.13"]
+    assert "cuda.pathfinder" not in cublas.__dict__  # imported lazily, inside the loader only

@@ -147,3 +147,18 @@ def test_row_hit_counts_like_numpy_argmax(harness, dtype, rng):
     out = harness("row_hit", dtype, np.concatenate([[rows, k], a.ravel(), y.ravel()]))
     np.testing.assert_array_equal(out, (a.argmax(axis=1) == y.argmax(axis=1)).astype(float))
     assert 0 < out.sum() < rows
+
+
+def test_bias_act_takes_a_32_bit_column_index_below_2_to_the_31(tmp_path):
+    """gn_bias_act's b[i % cols]: a 32-bit remainder (rem.u32) for n < 2^31, the 64-bit one only past it."""
+    src = tmp_path / "bias.cu"
+    src.write_text(f'#include "{kernels.SOURCE_PATH}"\nvoid* gn_b[] = {{(void*)gn_bias_act<float>}};\n')
+    out = tmp_path / "bias.ptx"
+    proc = subprocess.run([NVCC, "-arch=sm_90", "--ptx", str(src), "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    ptx = out.read_text()
+    body = ptx[ptx.index(".entry"):]
+    rem32, rem64 = body.count("rem.u32"), body.count("rem.s64") + body.count("rem.u64")
+    # nvcc guards each 64-bit remainder with a 32-bit fast path of its own (one rem.u32 per rem.*64); the
+    # kernel's own 32-bit loop adds remainders that have no 64-bit twin (the 64-bit loop stays for n >= 2^31)
+    assert rem64 > 0 and rem32 > rem64, (rem32, rem64)

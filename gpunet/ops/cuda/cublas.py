@@ -12,8 +12,11 @@ This module therefore keeps its own cuBLAS handle per device (so CuPy's calls on
 change the stream, workspace, pointer mode or math mode this one uses), a persistent 32 MiB workspace
 (the size cuBLAS recommends for Hopper), and calls ``cublasSgemm_v2`` / ``cublasDgemm_v2`` with host
 scalars (the default ``CUBLAS_POINTER_MODE_HOST``). The library is the one CuPy already loaded (found in
-``/proc/self/maps``, so the handle and CuPy's never come from two copies of libcublas), else
-``libcublas.so.13`` / ``.so.12``. Like every CUDA fast path it is self-checked against ``xp.matmul`` at
+``/proc/self/maps``, so the handle and CuPy's never come from two copies of libcublas), else the one
+CuPy's own loader picks (``cuda.pathfinder.load_nvidia_dynamic_lib("cublas")``: the nvidia-cublas wheel,
+conda, the system, ``CUDA_PATH``), else the versioned soname of the installed CuPy build
+(cupy-cuda13x: ``libcublas.so.13``, cupy-cuda12x: ``libcublas.so.12``; never an unversioned
+``libcublas.so``, which could be any CUDA major). Like every CUDA fast path it is self-checked against ``xp.matmul`` at
 first use (:meth:`gpunet.kernels.CupyOps.check_graphs`) and switched off with a warning if it fails.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ OP_N, OP_T = 0, 1  # cublasOperation_t: CUBLAS_OP_N, CUBLAS_OP_T (cublas_api.h)
 TF32_TENSOR_OP_MATH = 3  # cublasMath_t: CUBLAS_TF32_TENSOR_OP_MATH
 DEFAULT_MATH = 0
 WORKSPACE_BYTES = 32 * 2 ** 20
-SONAMES = ("libcublas.so.13", "libcublas.so.12", "libcublas.so")
+SONAMES = {13: "libcublas.so.13", 12: "libcublas.so.12"}  # CUDA major of the CuPy build -> cuBLAS soname
 
 
 class CublasError(RuntimeError):
@@ -53,11 +56,55 @@ def _loaded_path():
     return None
 
 
+def _pathfinder_path():
+    """The libcublas CuPy's loader resolves (``cuda.pathfinder``, imported only here), or None."""
+    try:
+        from cuda.pathfinder import load_nvidia_dynamic_lib  # noqa: PLC0415  (optional: CuPy's dependency)
+    except ImportError:
+        return None
+    try:
+        return load_nvidia_dynamic_lib("cublas").abs_path or None
+    except Exception:  # noqa: BLE001  (pathfinder's DynamicLibNotFoundError and friends: try the soname)
+        return None
+
+
+def _cupy_cuda_majors():
+    """CUDA majors of the installed CuPy build: from the wheel's name (cupy-cuda13x, cupy-cuda12x), else
+    from an already imported CuPy's runtime version; every known major if neither tells."""
+    from importlib import metadata  # noqa: PLC0415
+
+    majors = []
+    for major in SONAMES:
+        try:
+            metadata.version(f"cupy-cuda{major}x")
+            majors.append(major)
+        except metadata.PackageNotFoundError:
+            pass
+    if not majors:
+        import sys  # noqa: PLC0415
+
+        cupy = sys.modules.get("cupy")
+        try:
+            majors.append(int(cupy.cuda.runtime.runtimeGetVersion()) // 1000)
+        except Exception:  # noqa: BLE001  (no CuPy, or no driver)
+            pass
+    majors = [m for m in majors if m in SONAMES]
+    return majors or sorted(SONAMES, reverse=True)
+
+
+def candidates():
+    """Where libcublas is looked for, in order (the first that loads wins)."""
+    names = []
+    for path in (_loaded_path(), _pathfinder_path()):
+        if path and path not in names:
+            names.append(path)
+    return names + [SONAMES[m] for m in _cupy_cuda_majors()]
+
+
 def load_library():
-    """``ctypes.CDLL`` of libcublas with the argument types of the functions used here."""
-    names = ([p] if (p := _loaded_path()) else []) + list(SONAMES)
+    """``ctypes.CDLL`` of libcublas (see :func:`candidates`) with the argument types of the functions used here."""
     errors = []
-    for name in names:
+    for name in candidates():
         try:
             lib = ctypes.CDLL(name)
             break

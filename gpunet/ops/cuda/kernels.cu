@@ -137,9 +137,17 @@ GN_HD double gn_uniform(unsigned long long seed, unsigned long long i) {
 #define GN_GRID_STRIDE(i, n) \
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)blockDim.x * gridDim.x)
 
-// z (rows, cols) <- f(z + b) in place
+// z (rows, cols) <- f(z + b) in place. The column is i % cols: a 64-bit remainder is a long emulated
+// sequence, so below 2^31 elements the loop runs on a 32-bit unsigned index (i + stride < 2^31 + 65535 * 1024
+// cannot wrap); only larger arrays take the 64-bit path.
 template <typename T> __global__ void gn_bias_act(T* z, const T* b, long long n, int cols, int act) {
-    GN_GRID_STRIDE(i, n) z[i] = gn_act<T>(z[i] + b[i % cols], act);
+    if (n < 2147483648LL) {
+        const unsigned int n32 = (unsigned int)n, c32 = (unsigned int)cols;
+        for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n32; i += blockDim.x * gridDim.x)
+            z[i] = gn_act<T>(z[i] + b[i % c32], act);
+    } else {
+        GN_GRID_STRIDE(i, n) z[i] = gn_act<T>(z[i] + b[i % cols], act);
+    }
 }
 
 // a <- f(z)
