@@ -37,7 +37,7 @@ DATA_DEFAULTS = dict(layers=None, hidden=[64, 64], output_activation=None, loss=
                      epochs=100, schedule="none", test_split=0.2)
 
 PRESETS = {
-    # measured in this repo: see README "MNIST recipes"
+    # measured in this repo: see docs/cli.md, "MNIST recipes"
     "mnist-best": dict(dataset="mnist", layers=[784, 1024, 1024, 10], dropout=0.3, optimizer="adamw", lr=1e-3,
                        weight_decay=1e-4, schedule="cosine", batch_size=128, epochs=30),
     # seed 003's exercise: sin/cos on [0, 1] by [1, 16, 2] (ReLU hidden), plain SGD lr 1, one pass over 300 fresh

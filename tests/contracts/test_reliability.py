@@ -1,4 +1,4 @@
-"""Reliability round 2: nothing a user can do corrupts a model, hangs, or fails without a clear message.
+"""Reliability: nothing a user can do corrupts a model, hangs, or fails without a clear message.
 
 Every case checks the error type, that the message names the argument or file, and that the model's
 weights, optimizer state and epoch count are unchanged (or back at the last epoch boundary)."""

@@ -96,7 +96,7 @@ def test_mnist_accuracy_matches_cpu():
     # the lowest accuracy measured under rounding changes alone is 0.9706: the floor sits 3 spreads below it
     assert acc["cuda"] > 0.9706 - 3 * 0.0017, acc
     # Rounding alone moves this accuracy: with only the GEMM summation order changed, runs measured
-    # 0.9706-0.9723 (issue 9), a spread of 0.0017; the CPU gives 0.9720 for seed 0. The old bound, 0.002,
+    # 0.9706-0.9723 (the measured spread), a spread of 0.0017; the CPU gives 0.9720 for seed 0. The old bound, 0.002,
     # left 0.0003 over that spread (flaky); the bound is 3 x the spread, 0.005: a GPU difference that
     # moves test accuracy by more than half a point still fails.
     assert abs(acc["cuda"] - acc["cpu"]) <= 0.005, acc

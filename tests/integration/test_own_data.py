@@ -1,4 +1,4 @@
-"""Issue 11: the user's own data through the CLI (train, predict, evaluate), the model-level contract
+"""The user's own data through the CLI (train, predict, evaluate), the model-level contract
 (standardisation, classes, predict_proba, score, validation_split, record="batch") and a CLI without
 silent surprises. Tiny data: every CLI call is a subprocess of well under two seconds."""
 import csv
