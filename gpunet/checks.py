@@ -199,7 +199,30 @@ def check_targets(y, n_samples, n_outputs, loss, name="y"):
         raise ValueError(f"{name} must have shape ({n_samples}, {n_outputs}) to match the output layer, got {arr.shape}")
     if loss == "binary_cross_entropy" and (arr.min() < 0 or arr.max() > 1):
         raise ValueError(f"{name}: binary_cross_entropy targets must lie in [0, 1], got [{arr.min():g}, {arr.max():g}]")
+    if loss == "poisson" and arr.min() < 0:
+        raise ValueError(f"{name}: poisson targets must be counts or rates >= 0, got a minimum of {arr.min():g}")
     return arr.astype(np.float64)
+
+
+def check_sample_weight(sample_weight, n_samples, name="sample_weight"):
+    """Per-sample weights: None, or a finite non-negative (n_samples,) array with a positive sum. Returns
+    a float64 (n_samples, 1) host array, or None when the weights are absent or all equal (a weighted
+    mean with equal weights is the plain mean: the unweighted, fused path then trains bit for bit alike)."""
+    if sample_weight is None:
+        return None
+    w = as_float_array(name, sample_weight).astype(np.float64)
+    if w.ndim == 0:
+        w = np.full(n_samples, float(w))
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise ValueError(f"{name} must have shape ({n_samples},) (one weight per sample), got {w.shape}")
+    check_finite(name, w)
+    if n_samples and w.min() < 0:
+        raise ValueError(f"{name} must be >= 0, got a minimum of {w.min():g}")
+    if n_samples and not w.sum() > 0:
+        raise ValueError(f"{name} sums to 0: at least one sample needs a positive weight")
+    if n_samples == 0 or np.all(w == w[0]):
+        return None
+    return w.reshape(-1, 1)
 
 
 def check_standardisation(mean, scale, n_features, where="model"):

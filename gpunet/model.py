@@ -246,15 +246,19 @@ class MLP:
                 value = value + self.l1 * xp.sum(xp.abs(W))
         return value
 
-    def step_gradients(self, x, y, ws, loss, train, count=False):
+    def step_gradients(self, x, y, ws, loss, train, count=False, weight=None):
         """Forward + backward on one batch; returns (loss 0-d array, output activations, number correct as a
-        0-d array when ``count``, else None)."""
-        ops = self.ops
+        0-d array when ``count``, else None). ``weight`` (r, 1): per-sample weights of the batch rows; the
+        loss is then their weighted mean (:func:`gpunet.nn.losses.weighted_value`)."""
+        ops, r, act = self.ops, x.shape[0], self.output_activation
         # the fused CUDA cross-entropy kernels write the softmax/sigmoid outputs themselves: not twice
-        a_out, inputs = self._forward(x, ws, train=train, output=not ops.loss_writes_output(loss, self.output_activation))
-        r = x.shape[0]
-        value, correct = ops.loss_delta_correct(loss, self.output_activation, ws.z[:r, ...], a_out, y,
-                                                ws.delta[-1][:r, ...], count)
+        a_out, inputs = self._forward(x, ws, train=train, output=weight is not None or not ops.loss_writes_output(loss, act))
+        if weight is None:
+            value, correct = ops.loss_delta_correct(loss, act, ws.z[:r, ...], a_out, y, ws.delta[-1][:r, ...], count)
+        else:
+            value = ops.loss_delta_weighted(loss, act, ws.z[:r, ...], a_out, y, losses.row_factors(weight),
+                                            ws.delta[-1][:r, ...])
+            correct = ops.correct(loss, a_out, y) if count else None
         self._backward(ws, inputs, train)
         if self.l1 or self.l2:
             value = value + self._penalty()
@@ -321,18 +325,25 @@ class MLP:
         except TypeError:
             raise ValueError(f"{name} holds unhashable labels") from None
 
-    def loss_and_gradients(self, X, y, loss=None):
+    def loss_and_gradients(self, X, y, loss=None, sample_weight=None):
         """Objective value and its exact gradient on the full set ``(X, y)`` (dropout off).
 
         Returns ``(value, grads)`` with ``grads`` host arrays in :meth:`get_weights` order/shapes.
-        The value is what :meth:`evaluate` reports as ``"loss"``.
+        The value is what :meth:`evaluate` reports as ``"loss"`` (with ``sample_weight``, the weighted
+        mean loss plus the penalty).
         """
         loss = self.resolve_loss(loss)
         Xd, Yd = self.upload(X, y, loss)
+        Wd = self.upload_weights(sample_weight, Xd.shape[0])
         with self.backend.activate():
             ws = self.workspace(Xd.shape[0])
-            value, _, _ = self.step_gradients(Xd, Yd, ws, loss, train=False)
+            value, _, _ = self.step_gradients(Xd, Yd, ws, loss, train=False, weight=Wd)
             return self.backend.item(value), split(self.dense(self.backend.to_host(self.grads)), self.shapes)
+
+    def upload_weights(self, sample_weight, n):
+        """Checked per-sample weights on the device, (n, 1) in the model's dtype, or None (absent or all equal)."""
+        w = checks.check_sample_weight(sample_weight, n)
+        return None if w is None else self.backend.to_device(w, self.dtype)
 
     def _predict_device(self, Xd, batch_size):
         rows = min(batch_size, Xd.shape[0])
@@ -416,7 +427,7 @@ class MLP:
 
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None,
             shuffle=True, callbacks=None, verbose=1, cuda_graph=None, distributed=False, shard=False,
-            validation_split=0.0, record="epoch"):
+            validation_split=0.0, record="epoch", sample_weight=None):
         """Train with mini-batch gradient descent; returns a :class:`gpunet.callbacks.History`.
 
         ``optimizer=None`` continues with the model's previous optimizer (state included; after
@@ -425,7 +436,7 @@ class MLP:
         return training.fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
                          validation_data=validation_data, shuffle=shuffle, callbacks=callbacks, verbose=verbose,
                          cuda_graph=cuda_graph, distributed=distributed, shard=shard,
-                         validation_split=validation_split, record=record)
+                         validation_split=validation_split, record=record, sample_weight=sample_weight)
 
     def save(self, path, **kwargs):
         """Write ``path`` (.npz: weights, optimizer state, JSON metadata; atomic, no pickle)."""

@@ -20,7 +20,7 @@ from gpunet._version import __version__
 
 OPSET = 17
 IR_VERSION = 8
-_NODES = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softmax": "Softmax"}
+_NODES = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softmax": "Softmax", "exp": "Exp"}
 
 
 def _onnx():

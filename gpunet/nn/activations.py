@@ -13,7 +13,11 @@ name                  f(z)                        f'(z) written with a
 ``sigmoid``           1 / (1 + exp(-z))           a (1 - a)
 ``tanh``              tanh(z)                     1 - a^2
 ``softmax`` (output)  exp(z_i) / sum_j exp(z_j)   Jacobian, see :func:`backward`
+``exp`` (output)      exp(z)                      a
 ====================  ==========================  =======================
+
+``exp`` is the inverse of the log link: the output of a Poisson regression (loss ``poisson``), as
+scikit-learn's ``MLPRegressor(loss="poisson")``.
 """
 from __future__ import annotations
 
@@ -46,6 +50,10 @@ def softmax(z):
     return e / xp.sum(e, axis=-1, keepdims=True)
 
 
+def exp(z):
+    return namespace(z).exp(z)
+
+
 def linear_grad(a):
     return namespace(a).ones_like(a)
 
@@ -63,11 +71,15 @@ def tanh_grad(a):
     return 1.0 - a * a
 
 
-ACTIVATIONS = {"linear": linear, "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "softmax": softmax}
-DERIVATIVES = {"linear": linear_grad, "relu": relu_grad, "sigmoid": sigmoid_grad, "tanh": tanh_grad}
+def exp_grad(a):
+    return a
+
+
+ACTIVATIONS = {"linear": linear, "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "softmax": softmax, "exp": exp}
+DERIVATIVES = {"linear": linear_grad, "relu": relu_grad, "sigmoid": sigmoid_grad, "tanh": tanh_grad, "exp": exp_grad}
 ALIASES = {"identity": "linear", "none": "linear", "logistic": "sigmoid"}
 HIDDEN = ("relu", "sigmoid", "tanh", "linear")
-OUTPUT = ("linear", "sigmoid", "softmax", "tanh", "relu")
+OUTPUT = ("linear", "sigmoid", "softmax", "tanh", "relu", "exp")
 
 
 def canonical(name, allowed, what="activation") -> str:

@@ -10,7 +10,16 @@ name                       value                                            outp
 ``mae``                    mean over all entries of |a - y|                 any
 ``cross_entropy``          -(1/n) sum_i sum_k y_ik log softmax(z_i)_k       softmax
 ``binary_cross_entropy``   mean of max(z,0) - z y + log(1 + exp(-|z|))      sigmoid
+``poisson``                mean of exp(z) - y z + y log(y) - y              exp
 =========================  ===============================================  ===================
+
+``poisson`` is half the Poisson deviance, ``y log(y / a) - y + a`` with ``a = exp(z)`` (0 at a perfect fit),
+as scikit-learn's ``MLPRegressor(loss="poisson")``; its targets are counts or rates ``y >= 0``.
+
+Per-sample weights (``fit(sample_weight=w)``): each batch's loss is the weighted mean over its rows,
+``sum_i w_i l_i / sum_i w_i`` (:func:`weighted_value`), where ``l_i`` is row ``i``'s share of the unweighted
+loss times the number of rows, so that constant weights give exactly the unweighted loss (scikit-learn's
+convention, ``sklearn/neural_network/_base.py``, ``np.average(..., weights=sample_weight)``).
 
 Cross-entropies are computed from the logits ``z`` (log-sum-exp / softplus), never from ``log(a)``, so
 they stay finite when a probability rounds to 0 or 1. With their canonical link (softmax+CE,
@@ -26,11 +35,11 @@ from __future__ import annotations
 from gpunet.nn import activations
 from gpunet.backend import namespace
 
-LOSSES = ("mse", "mae", "cross_entropy", "binary_cross_entropy")
+LOSSES = ("mse", "mae", "cross_entropy", "binary_cross_entropy", "poisson")
 ALIASES = {"mean_squared_error": "mse", "mean_absolute_error": "mae", "categorical_crossentropy": "cross_entropy",
            "ce": "cross_entropy", "bce": "binary_cross_entropy", "binary_crossentropy": "binary_cross_entropy",
            "categorical_cross_entropy": "cross_entropy", "crossentropy": "cross_entropy"}
-REQUIRED_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
+REQUIRED_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid", "poisson": "exp"}
 CLASSIFICATION = ("cross_entropy", "binary_cross_entropy")
 
 
@@ -86,20 +95,71 @@ def binary_cross_entropy(z, y):
     return _total(xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))) / _count(z)
 
 
+def _xlogy(y):
+    """``y log(y)`` with ``0 log 0 = 0``."""
+    xp = namespace(y)
+    return xp.where(y > 0, y * xp.log(xp.where(y > 0, y, 1.0)), 0.0)
+
+
+def _poisson_entries(z, y):
+    xp = namespace(z)
+    return xp.exp(z) - y * z + _xlogy(y) - y
+
+
+def poisson(z, y):
+    """Half the Poisson deviance from log-rates ``z`` (the exp output's input), averaged over every entry."""
+    return _total(_poisson_entries(z, y)) / _count(z)
+
+
+def _entries(loss, z, a, y):
+    """Entry-wise terms whose mean over the last two axes is the loss (rows for cross-entropy: its row
+    terms are the sums over classes, the mean is over rows)."""
+    xp = namespace(z)
+    if loss == "cross_entropy":
+        return -xp.sum(y * log_softmax(z), axis=-1, keepdims=True)
+    if loss == "binary_cross_entropy":
+        return xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
+    if loss == "poisson":
+        return _poisson_entries(z, y)
+    d = a - y
+    return d * d if loss == "mse" else xp.abs(d)
+
+
 def value(loss, z, a, y):
     """The loss (0-d array, or one value per model) for output logits ``z`` and activations ``a``."""
     if loss == "cross_entropy":
         return cross_entropy(z, y)
     if loss == "binary_cross_entropy":
         return binary_cross_entropy(z, y)
+    if loss == "poisson":
+        return poisson(z, y)
     return mse(a, y) if loss == "mse" else mae(a, y)
+
+
+def row_values(loss, z, a, y):
+    """Per-row losses ``l_i`` (..., r, 1) whose plain mean over rows is :func:`value`."""
+    xp = namespace(z)
+    e = _entries(loss, z, a, y)
+    return xp.sum(e, axis=-1, keepdims=True) / e.shape[-1]
+
+
+def row_factors(w):
+    """Weights (..., r, 1) -> the factors ``r w_i / sum(w)`` that turn a mean over rows into the weighted mean."""
+    xp = namespace(w)
+    return w * (w.shape[-2] / xp.sum(w, axis=-2, keepdims=True))
+
+
+def weighted_value(loss, z, a, y, factors):
+    """The weighted mean ``sum_i w_i l_i / sum_i w_i``, with ``factors`` from :func:`row_factors`."""
+    xp = namespace(z)
+    return xp.sum(row_values(loss, z, a, y) * factors, axis=(-2, -1)) / z.shape[-2]
 
 
 def delta(loss, output_activation, z, a, y):
     """``dL/dz`` of the output layer, shaped like ``z``."""
     if loss == "cross_entropy":
         return (a - y) / z.shape[-2]
-    if loss == "binary_cross_entropy":
+    if loss in ("binary_cross_entropy", "poisson"):
         return (a - y) / _count(z)
     g = mse_grad(a, y) if loss == "mse" else mae_grad(a, y)
     return activations.backward(output_activation, a, g)

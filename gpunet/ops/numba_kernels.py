@@ -31,6 +31,11 @@ log = logging.getLogger("gpunet")
 adam_step = None
 sgd_step = None
 
+
+def supports(hidden, out_act, loss):
+    """Whether the fused step's kernels know these activations and this loss (``ops/codes.py``)."""
+    return hidden in ACT_CODES and out_act in ACT_CODES and loss in LOSS_CODES
+
 if os.environ.get("GPUNET_NUMBA", "1") != "0":
     try:
         import numba

@@ -32,7 +32,7 @@ class NumpyOps(ArrayOps):
         if why is None and self._mlp_step is None:
             why = "Numba could not compile gpunet's kernels"
         return {"fused_step": {"live": why is None, "reason": why, "note": "networks with layers up to 256 x 256 "
-                               "weights, without dropout or L1/L2"},
+                               "weights, without dropout, L1/L2, sample weights or the poisson loss"},
                 "fused_optimizer": {"live": self.adam is not None, "reason": None if self.adam is not None else why}}
 
     # np.dot has ~0.5 us less overhead per call than np.matmul on 2-D operands (same BLAS GEMM)
@@ -73,6 +73,10 @@ class NumpyOps(ArrayOps):
             np.tanh(z, out=z)
             z += 1.0
             z *= 0.5
+        elif act == "exp":
+            np.exp(z, out=z)
+        elif act != "linear":
+            raise ValueError(f"unknown activation {act!r}")
         return z
 
     def dropout_mask(self, out, rate, rng):
@@ -107,6 +111,7 @@ class NumpyOps(ArrayOps):
 
     def fused_step(self, model, ws, X, Y, idx, loss):
         if (self._mlp_step is None or model.dropout or model.l1 or model.l2 or model.fused_failed
+                or not numba_kernels.supports(model.hidden_activation, model.output_activation, loss)
                 or not self._fusable(model)):
             return None
         flat = ws.__dict__.get("flat")

@@ -68,6 +68,13 @@ class ArrayOps:
         delta[...] = losses.delta(loss, output_activation, z, a, y)
         return losses.value(loss, z, a, y)
 
+    def loss_delta_weighted(self, loss, output_activation, z, a, y, factors, delta):
+        """Per-sample weights: ``delta`` rows scaled by ``factors`` (``r w_i / sum(w)``, shape (r, 1), from
+        :func:`gpunet.nn.losses.row_factors`) and the weighted mean loss. One implementation for every
+        backend: the fused losses and the fused CPU step take no weights (``fit`` reports the fallback)."""
+        delta[...] = losses.delta(loss, output_activation, z, a, y) * factors
+        return losses.weighted_value(loss, z, a, y, factors)
+
     def loss_delta_correct(self, loss, output_activation, z, a, y, delta, count):
         """:meth:`loss_delta` and, when ``count``, the number of correct predictions (:meth:`correct`) as a
         0-d device array (else None); the fused CUDA losses produce both in one kernel and one sum."""

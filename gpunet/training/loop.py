@@ -28,6 +28,16 @@ from gpunet.training.interrupts import log_handler, progress, stop_on_sigint
 log = logging.getLogger("gpunet")
 
 
+_said = set()
+
+
+def _say_once(message):
+    """Log a fallback once per process (the rule for fast paths that can fall back)."""
+    if message not in _said:
+        _said.add(message)
+        log.info(message)
+
+
 def batch_sizes(n, batch_size):
     """The batch layout of an epoch over ``n`` samples: ``(B, sizes)`` with ``B = min(batch_size, n)`` and
     ``sizes`` (float64, one entry per batch) all ``B`` but the last, which holds the remainder."""
@@ -79,7 +89,7 @@ def _check_validation_data(model, validation_data, loss):
 @distributed.guard_fit  # distributed=True: the ranks agree at setup, or stop (gpunet.distributed)
 def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, validation_data=None, shuffle=True,
         callbacks=None, verbose=1, cuda_graph=None, distributed=False, shard=False, validation_split=0.0,
-        record="epoch"):
+        record="epoch", sample_weight=None):
     """Train ``model`` on ``(X, y)``.
 
     Parameters
@@ -127,6 +137,12 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     record : {"epoch", "batch"}
         ``"batch"`` also keeps the loss of every optimizer step in ``History.batch_loss`` (read once per
         epoch with the epoch's losses, so it costs no extra synchronisation).
+    sample_weight : array of shape (n_samples,), optional
+        Non-negative per-sample weights: each batch's loss is the weighted mean of its rows' losses
+        (``sum w_i l_i / sum w_i``, scikit-learn's convention), on every device. Equal weights are the
+        plain mean and change nothing. Weighted batches run on the reference loss and the per-layer
+        primitives: the fused CPU step and CUDA graphs take no weights, which ``History.fast_paths`` and
+        the log say. Not combined with ``distributed=True``.
 
     Returns
     -------
@@ -142,12 +158,16 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     if validation_split:
         if validation_data is not None:
             raise ValueError("give validation_data or validation_split, not both")
-        X, y, validation_data = _split_last(X, y, validation_split)
+        X, y, validation_data, sample_weight = _split_last(X, y, validation_split, sample_weight)
     if optimizer is None:
         opt = model.optimizer if model.optimizer is not None else optim.Adam()
     else:
         opt = optim.get(optimizer)
     Xd, Yd = model.upload(X, y, loss)
+    Wd = model.upload_weights(sample_weight, Xd.shape[0])
+    if Wd is not None and distributed:
+        raise ValueError("sample_weight is not supported with distributed=True (each rank would need the global "
+                         "weight sum of every batch); fold the weights into the data or train on one process")
     val = _check_validation_data(model, validation_data, loss)
     reducer = _distributed_setup(model, opt, loss, Xd, Yd, batch_size, epochs, shuffle, shard) if distributed else None
     if reducer is not None and reducer.rank:  # rank 0 alone logs, validates and writes checkpoints
@@ -162,7 +182,7 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
                            "(gpunet.load of a saved file) or wait for that fit to return")
     try:
         return _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size, shuffle, verbose,
-                           cuda_graph, shard, record)
+                           cuda_graph, shard, record, Wd)
     finally:
         lock.release()
 
@@ -182,12 +202,15 @@ def _check_monitors(cbs, loss, has_validation):
 
 
 def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size, shuffle, verbose, cuda_graph,
-                shard, record):
+                shard, record, Wd=None):
     previous = (model.optimizer, model.loss)
     model.optimizer, model.loss, model.stop_training = opt, loss, False
     if cuda_graph is None:
         cuda_graph = os.environ.get("GPUNET_CUDA_GRAPH", "0") == "1"
-    trainer = Trainer(model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose, reducer, shard)
+    trainer = Trainer(model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose, reducer, shard, Wd)
+    if Wd is not None and cuda_graph:
+        log.info("gpunet: CUDA graphs are not used with sample_weight (the captured step takes no weights)")
+        cuda_graph = False
     if reducer is not None and cuda_graph:
         log.info("gpunet: CUDA graphs are not used with distributed=True (the all-reduce sits inside the step)")
         cuda_graph = False
@@ -238,7 +261,7 @@ def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size,
     if reducer is not None:
         trainer.history.distributed = reducer.stats()
     trainer.history.cuda_graph = trainer.graph_summary()
-    trainer.history.fast_paths = model.ops.status()
+    trainer.history.fast_paths = trainer.fast_paths()
     model.history = trainer.history
     return trainer.history
 
@@ -254,14 +277,20 @@ def _distributed_setup(model, opt, loss, Xd, Yd, batch_size, epochs, shuffle, sh
     return reducer
 
 
-def _split_last(X, y, fraction):
-    """Keras' ``validation_split``: the last ``fraction`` of the samples, before shuffling."""
+def _split_last(X, y, fraction, sample_weight=None):
+    """Keras' ``validation_split``: the last ``fraction`` of the samples, before shuffling (and of the
+    sample weights; the validation loss is unweighted)."""
     X, y = np.asarray(X), np.asarray(y)
     n = X.shape[0] if X.ndim else 0
     cut = int(math.floor(n * (1.0 - fraction)))
     if cut < 1 or cut >= n or y.shape[:1] != (n,):
         raise ValueError(f"validation_split={fraction} leaves no training or no validation samples out of {n}")
-    return X[:cut], y[:cut], (X[cut:], y[cut:])
+    if sample_weight is not None:
+        w = np.asarray(sample_weight)
+        if w.shape[:1] != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},) (one weight per sample), got {w.shape}")
+        sample_weight = w[:cut]
+    return X[:cut], y[:cut], (X[cut:], y[cut:]), sample_weight
 
 
 def _oom_message(model, batch_size, when):
@@ -273,8 +302,11 @@ def _oom_message(model, batch_size, when):
 class Trainer:
     """The state of one :func:`fit` call: device data, batch layout, workspace, snapshot, history."""
 
-    def __init__(self, model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose, reducer=None, shard=False):
+    def __init__(self, model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose, reducer=None, shard=False,
+                 Wd=None):
         self.model, self.opt, self.loss, self.Xd, self.Yd, self.val = model, opt, loss, Xd, Yd, val
+        self.Wd = Wd  # per-sample weights (n, 1) on the device, or None
+        self.fused_steps = 0
         self.shuffle, self.verbose, self.reducer, self.shard = shuffle, verbose, reducer, shard
         self.n = n = Xd.shape[0]
         if reducer is not None and shard:  # local batches of batch_size / ranks rows from the local shard
@@ -286,6 +318,15 @@ class Trainer:
         self.acc_denominator = losses.accuracy_count(loss, n * ranks, model.layer_sizes[-1])
         self.history = _callbacks.History()
 
+    def fast_paths(self):
+        """The backend's fast paths as this fit used them: a weighted fit does not run the fused step."""
+        paths = {k: dict(v) for k, v in self.model.ops.status().items()}
+        if "fused_step" in paths:  # how many steps of this fit it ran (0: the model or the fit is outside its scope)
+            paths["fused_step"]["steps"] = self.fused_steps
+        if self.Wd is not None and paths.get("fused_step", {}).get("live"):
+            paths["fused_step"].update(live=False, reason="sample_weight: the fused step takes no per-sample weights")
+        return paths
+
     def graph_summary(self):
         """What ``cuda_graph`` did, for ``History.cuda_graph`` and metrics.json: requested, replays,
         captures, and the reason when it fell back to eager launches."""
@@ -296,6 +337,10 @@ class Trainer:
     def allocate(self, cuda_graph=False):
         self.opt.bind(self.model.params)
         self.ws = self.model.workspace(self.B)
+        self.wb = self.model.zeros((self.B, 1)) if self.Wd is not None else None
+        if self.Wd is not None and self.model.ops.status().get("fused_step", {}).get("live"):
+            _say_once("gpunet: sample_weight: weighted batches use the per-layer primitives and the reference loss "
+                      "(the fused step takes no per-sample weights)")
         self.snapshot = EpochSnapshot(self.model.zeros, self.model.params, self.opt, [self.model])
         self.graph = self.graph_stream = None
         self.graph_required = cuda_graph == "require"
@@ -349,14 +394,17 @@ class Trainer:
             self._reduce_gradients(0.0)
             self.opt.step(model.params, model.grads, ops)
             return 0.0, 0.0 if self.classification else None
-        fused = ops.fused_step(model, ws, self.Xd, self.Yd, rows, self.loss)
+        fused = ops.fused_step(model, ws, self.Xd, self.Yd, rows, self.loss) if self.Wd is None else None
         if fused is not None:
+            self.fused_steps += 1
             self._reduce_gradients(weight)
             self.opt.step(model.params, model.grads, ops)
             return fused
         x = ops.take_rows(self.Xd, rows, ws.a[0][:r, ...])
         yb = ops.take_rows(self.Yd, rows, ws.y[:r, ...])
-        value, _, correct = model.step_gradients(x, yb, ws, self.loss, train=True, count=self.classification)
+        wb = ops.take_rows(self.Wd, rows, self.wb[:r, ...]) if self.Wd is not None else None
+        value, _, correct = model.step_gradients(x, yb, ws, self.loss, train=True, count=self.classification,
+                                                 weight=wb)
         self._reduce_gradients(weight)
         self.opt.step(model.params, model.grads, ops)
         return value, correct

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpunet.ops.codes import ACT_CODES
+from gpunet.ops.codes import ACT_CODES, ELEMENTWISE
 from gpunet.ops.cuda.selfcheck import SelfCheck, dropout_reference
 from gpunet.ops.reference import ArrayOps
 
@@ -152,7 +152,7 @@ class CupyOps(SelfCheck, ArrayOps):
 
     # -- fused elementwise (each falls back to the reference when switched off) -------------------
     def bias_activation(self, z, b, act):
-        if not self.live["bias_activation"]:
+        if not self.live["bias_activation"] or act not in ELEMENTWISE:
             return super().bias_activation(z, b, act)
         return self._k_bias_activation(z, b, act)
 
@@ -161,7 +161,7 @@ class CupyOps(SelfCheck, ArrayOps):
         return z
 
     def activation(self, act, z, out):
-        if act == "softmax" or not self.live["activation"]:
+        if act not in ELEMENTWISE or not self.live["activation"]:
             return super().activation(act, z, out)
         return self._k_activation(act, z, out)
 
@@ -170,7 +170,7 @@ class CupyOps(SelfCheck, ArrayOps):
         return out
 
     def activation_backward(self, delta, a, act):
-        if not self.live["activation_backward"]:
+        if not self.live["activation_backward"] or act not in ELEMENTWISE:
             return super().activation_backward(delta, a, act)
         return self._k_activation_backward(delta, a, act)
 
