@@ -1,0 +1,51 @@
+"""Full-batch L-BFGS over a model's flat parameter buffer: SciPy's L-BFGS-B drives, gpunet computes.
+
+The loss and its gradient are computed on the model's device by the same forward/backward pass as every
+training step (:meth:`gpunet.MLP.step_gradients`, per-sample weights included); only the flat parameter
+vector and its gradient cross to the host, where ``scipy.optimize.minimize(method="L-BFGS-B")`` keeps its
+state in float64. This is the solver of scikit-learn's ``MLPClassifier(solver="lbfgs")``
+(``sklearn/neural_network/_multilayer_perceptron.py``, ``_fit_lbfgs``), with the same options: ``maxiter``,
+``maxfun`` and ``gtol``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gpunet._optional import import_optional
+
+
+def minimize(model, X, y, *, loss=None, sample_weight=None, max_iter=200, max_fun=15000, tol=1e-5, scale=1.0,
+             callback=None):
+    """Minimise ``scale * (loss + penalty)`` of ``model`` on all of ``(X, y)``; the model ends at the solution.
+
+    Returns SciPy's ``OptimizeResult`` (``nit``, ``nfev``, ``fun``, ``status``, ``message``). ``callback`` is
+    called with the iteration count after each L-BFGS iteration."""
+    optimize = import_optional("scipy.optimize", "solver='lbfgs'")
+    loss = model.resolve_loss(loss)
+    Xd, Yd = model.upload(X, y, loss)
+    Wd = model.upload_weights(sample_weight, Xd.shape[0])
+    be = model.backend
+    calls = [0]
+
+    def value_and_grad(theta):
+        calls[0] += 1
+        model.params[...] = be.to_device(model.padded(theta), model.dtype)
+        value, _, _ = model.step_gradients(Xd, Yd, ws, loss, train=False, weight=Wd)
+        grad = model.dense(be.to_host(model.grads)).astype(np.float64)
+        return scale * float(be.item(value)), scale * grad
+
+    iterations = [0]
+
+    def on_iteration(*_):
+        iterations[0] += 1
+        if callback is not None:
+            callback(iterations[0])
+
+    with be.activate():
+        ws = model.workspace(Xd.shape[0])
+        x0 = model.dense(be.to_host(model.params)).astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = optimize.minimize(value_and_grad, x0, method="L-BFGS-B", jac=True, callback=on_iteration,
+                                       options={"maxiter": int(max_iter), "maxfun": int(max_fun), "gtol": float(tol)})
+        model.params[...] = be.to_device(model.padded(result.x), model.dtype)
+    return result
