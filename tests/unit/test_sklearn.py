@@ -117,3 +117,166 @@ def test_multilabel_and_early_stopping_and_partial_fit():
         inc.partial_fit(X, np.where(Y[:, 0], "a", "b"), classes=["a", "b"])
     # scikit-learn's counts: n_iter_ is the latest call's iterations, t_ every sample seen
     assert inc.n_iter_ == 1 and inc.t_ == 900 and list(inc.classes_) == ["a", "b"]
+
+
+# ---------------------------------------------------------------- scikit-learn's semantics, case by case
+def _blobs(n=120, seed=0, classes=3):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, size=n)
+    X = rng.normal(size=(n, 4)) + y[:, None]
+    return X, y
+
+
+def test_lbfgs_loss_is_scikit_learns_objective():
+    """loss_ = mean log-loss + 0.5 * alpha * ||W||^2 / n, computed by hand from the fitted attributes."""
+    X, y = _blobs()
+    clf = MLPClassifier(hidden_layer_sizes=(6,), solver="lbfgs", alpha=0.5, max_iter=30, random_state=0,
+                        device="cpu").fit(X, y)
+    h = np.maximum(X @ clf.coefs_[0] + clf.intercepts_[0], 0)
+    z = h @ clf.coefs_[1] + clf.intercepts_[1]
+    logp = z - z.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    expected = -logp[np.arange(len(y)), y].mean() + 0.5 * 0.5 * sum((W ** 2).sum() for W in clf.coefs_) / len(y)
+    assert clf.loss_ == pytest.approx(expected, rel=1e-9)
+    assert 1 <= clf.n_iter_ <= 30 and not hasattr(clf, "loss_curve_")
+
+
+def test_zero_weights_are_removed_rows_with_lbfgs():
+    X, y = _blobs(90)
+    w = np.ones(90)
+    w[::3] = 0
+    keep = w > 0
+    a = MLPRegressor(hidden_layer_sizes=(5,), solver="lbfgs", random_state=1, max_iter=50, device="cpu")
+    b = MLPRegressor(hidden_layer_sizes=(5,), solver="lbfgs", random_state=1, max_iter=50, device="cpu")
+    a.fit(X, y.astype(float), sample_weight=w)
+    b.fit(X[keep], y[keep].astype(float))
+    np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-6, atol=1e-8)
+
+
+def test_a_failed_first_fit_leaves_no_state_and_a_failed_warm_fit_keeps_the_old_one():
+    rng = np.random.RandomState(0)
+    huge = np.finfo(np.float64).max * rng.uniform(size=(10, 2))
+    reg = MLPRegressor(device="cpu")
+    with pytest.raises(ValueError, match="non-finite parameter weights"):
+        reg.fit(huge, rng.standard_normal(10))
+    for attr in ("coefs_", "model_", "n_features_in_", "n_iter_", "loss_curve_"):
+        assert not hasattr(reg, attr), attr
+    X, y = _blobs(60)
+    reg = MLPRegressor(hidden_layer_sizes=(4,), max_iter=5, random_state=0, warm_start=True, device="cpu")
+    reg.fit(X[:, :2], y.astype(float))
+    coefs, pred, t = [c.copy() for c in reg.coefs_], reg.predict(X[:, :2]), reg.t_
+    with pytest.raises(ValueError, match="non-finite parameter weights"):
+        reg.fit(huge, rng.standard_normal(10))
+    for a, b in zip(coefs, reg.coefs_):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(pred, reg.predict(X[:, :2]))
+    assert reg.t_ == t
+
+
+def test_labels_keep_their_text_and_classes_order_does_not_matter():
+    X = np.arange(8, dtype=float).reshape(-1, 1)
+    y = np.array(["007", "7", "007", "7", "x", "x", "7", "007"])
+    clf = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", random_state=0, device="cpu").fit(X, y)
+    assert list(clf.classes_) == ["007", "7", "x"] and clf.n_outputs_ == 3
+    inc = MLPClassifier(random_state=0, device="cpu")
+    inc.partial_fit(X, np.arange(8) % 3, classes=[2, 0, 1])
+    inc.partial_fit(X, np.arange(8) % 3, classes=[0, 1, 2])
+    inc.partial_fit(X, np.arange(8) % 3)
+    assert list(inc.classes_) == [0, 1, 2] and set(inc.predict(X)) <= {0, 1, 2}
+    with pytest.raises(ValueError, match="is not the same as on last call"):
+        inc.partial_fit(X, np.arange(8) % 3, classes=[0, 1, 3])
+    with pytest.raises(ValueError, match="classes not in"):
+        inc.partial_fit(X, np.arange(8) % 4)
+
+
+def test_one_class_fits_as_in_scikit_learn():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    clf = MLPClassifier(max_iter=5, device="cpu").fit(X, ["only"] * 20)
+    assert list(clf.predict(X)) == ["only"] * 20 and clf.predict_proba(X).shape == (20, 2)
+
+
+def test_dtype_follows_X_and_float32_is_an_opt_in():
+    X, y = _blobs(60)
+    reg32 = MLPRegressor(hidden_layer_sizes=(4,), max_iter=3, device="cpu").fit(X.astype(np.float32), y)
+    assert reg32.coefs_[0].dtype == np.float32 and reg32.predict(X.astype(np.float32)).dtype == np.float32
+    reg64 = MLPRegressor(hidden_layer_sizes=(4,), max_iter=3, device="cpu").fit(X.astype(np.int64), y)
+    assert reg64.coefs_[0].dtype == np.float64 and reg64.model_.dtype == "float64"
+    forced = MLPRegressor(hidden_layer_sizes=(4,), max_iter=3, device="cpu", dtype="float32").fit(X, y)
+    assert forced.model_.dtype == "float32" and forced.coefs_[0].dtype == np.float32
+
+
+def test_single_output_predictions_are_1d():
+    X, y = _blobs(40)
+    from sklearn.exceptions import DataConversionWarning
+    with pytest.warns(DataConversionWarning):
+        reg = MLPRegressor(hidden_layer_sizes=(4,), max_iter=3, device="cpu").fit(X, y[:, None].astype(float))
+    assert reg.predict(X).shape == (40,) and (y - reg.predict(X)).shape == (40,)
+
+
+def test_sparse_input_gives_the_dense_result():
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    X, y = _blobs(80)
+    X[X < 0.5] = 0
+    a = MLPClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0, device="cpu").fit(X, y)
+    for fmt in (scipy_sparse.csr_matrix, scipy_sparse.csc_array):
+        b = MLPClassifier(hidden_layer_sizes=(8,), max_iter=10, random_state=0, device="cpu").fit(fmt(X), y)
+        np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(fmt(X)))
+
+
+def test_warm_start_and_partial_fit_refuse_what_they_cannot_do():
+    X, y = _blobs(60)
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, warm_start=True, device="cpu").fit(X, y)
+    clf.set_params(hidden_layer_sizes=(5,))
+    with pytest.raises(ValueError, match="refit with warm_start=False"):
+        clf.fit(X, y)
+    es = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, early_stopping=True, device="cpu").fit(X, y)
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping=True"):
+        es.partial_fit(X, y)
+    assert not hasattr(MLPClassifier(solver="lbfgs"), "partial_fit")
+
+
+def test_early_stopping_split_is_stratified_and_validation_attributes_follow_scikit_learn():
+    X, y = _blobs(200, classes=3)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=20, early_stopping=True, validation_fraction=0.3,
+                        random_state=0, device="cpu").fit(X, y)
+    assert clf.best_loss_ is None and len(clf.validation_scores_) == clf.n_iter_
+    assert clf.best_validation_score_ == max(clf.validation_scores_)
+    plain = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, device="cpu").fit(X, y)
+    assert plain.validation_scores_ is None and plain.best_validation_score_ is None
+    with pytest.raises(ValueError, match="least populated class"):
+        MLPClassifier(early_stopping=True, device="cpu").fit(X[:8], [0, 0, 0, 0, 0, 0, 0, 1])
+
+
+def test_pickled_for_a_missing_gpu_loads_on_the_cpu_with_a_warning():
+    X, y = _blobs(50)
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0, device="cpu").fit(X, y)
+    clf.device = "cuda"  # as if fitted on a GPU machine (this one has none: CuPy is absent)
+    pytest.importorskip("sklearn")
+    import gpunet as gn
+    if any(d.startswith("cuda") for d in gn.devices()):
+        pytest.skip("this machine has a GPU")
+    with pytest.warns(UserWarning, match="loaded on the CPU"):
+        again = pickle.loads(pickle.dumps(clf))
+    assert again.model_.device == "cpu"
+    np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+    again.partial_fit(X, y)  # and it keeps training
+    assert again.t_ == clf.t_ + 50
+
+
+def test_sgd_schedules_and_scikit_learns_private_views():
+    X = [[3, 2], [1, 6], [5, 6], [-2, -4]]
+    y = [1, 1, 1, 0]
+    clf = MLPClassifier(solver="sgd", hidden_layer_sizes=4, learning_rate="invscaling", power_t=0.25, max_iter=1,
+                        warm_start=True, device="cpu")
+    import warnings as _w
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        clf.fit(X, y)
+        clf.fit(X, y)
+    assert clf._optimizer.learning_rate == 0.001 / 9 ** 0.25
+    assert clf._optimizer.opt.lr == clf._optimizer.learning_rate  # binary log-loss: c = 1
+    reg = MLPRegressor(solver="sgd", hidden_layer_sizes=4, max_iter=2, device="cpu")
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        reg.fit(np.asarray(X, float), np.c_[y, y, y].astype(float))
+    assert reg._optimizer.opt.lr == pytest.approx(0.001 * 1.5)  # three outputs of half squared error: c = 3/2
