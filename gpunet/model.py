@@ -226,7 +226,7 @@ class MLP:
                     ops.scale_(prev, ws.mask[l - 1][:r, ...])
                 delta = ops.activation_backward(prev, ws.a[l][:r, ...], self.hidden_activation)
 
-    def _penalty(self):
+    def add_penalty(self):
         """Add the penalty's gradient to ``dW``; return its value (see :meth:`_penalty_value`)."""
         for W, dW in zip(self.W, self.dW):
             if self.l2:
@@ -261,7 +261,7 @@ class MLP:
             correct = ops.correct(loss, a_out, y) if count else None
         self._backward(ws, inputs, train)
         if self.l1 or self.l2:
-            value = value + self._penalty()
+            value = value + self.add_penalty()
         return value, a_out, correct
 
     # ------------------------------------------------------------------ public API

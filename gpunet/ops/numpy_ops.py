@@ -32,7 +32,7 @@ class NumpyOps(ArrayOps):
         if why is None and self._mlp_step is None:
             why = "Numba could not compile gpunet's kernels"
         return {"fused_step": {"live": why is None, "reason": why, "note": "networks with layers up to 256 x 256 "
-                               "weights, without dropout, L1/L2, sample weights or the poisson loss"},
+                               "weights, without dropout, sample weights or the poisson loss (L1/L2 are added after it)"},
                 "fused_optimizer": {"live": self.adam is not None, "reason": None if self.adam is not None else why}}
 
     # np.dot has ~0.5 us less overhead per call than np.matmul on 2-D operands (same BLAS GEMM)
@@ -110,7 +110,7 @@ class NumpyOps(ArrayOps):
     FUSED_MAX_LAYER_WEIGHTS = 65536
 
     def fused_step(self, model, ws, X, Y, idx, loss):
-        if (self._mlp_step is None or model.dropout or model.l1 or model.l2 or model.fused_failed
+        if (self._mlp_step is None or model.dropout or model.fused_failed
                 or not numba_kernels.supports(model.hidden_activation, model.output_activation, loss)
                 or not self._fusable(model)):
             return None

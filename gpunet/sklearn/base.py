@@ -84,6 +84,11 @@ class Epochs(_callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         est, s = self.est, self.s
         loss = s["scale"] * float(logs["loss"])
+        k = self.model.layer_sizes[-1]
+        if s["out_activation_"] == "identity" and k > 1:
+            # scikit-learn reports half the squared error averaged over the outputs (its gradient sums them)
+            penalty = s["scale"] * self.model.l2 * sum(float((W * W).sum()) for W in self.model.get_weights()[0::2])
+            loss = (loss - penalty) / k + penalty
         s["n_iter_"] += 1
         s["t_"] += self.n_train
         s["loss_"] = loss

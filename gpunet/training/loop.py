@@ -343,6 +343,8 @@ class Trainer:
         fused = ops.fused_step(model, ws, self.Xd, self.Yd, rows, self.loss) if self.Wd is None else None
         if fused is not None:
             self.fused_steps += 1
+            if model.l1 or model.l2:  # the penalty's gradient and value, beside the fused data gradient
+                fused = (fused[0] + model.add_penalty(), fused[1])
             self._reduce_gradients(weight)
             self.opt.step(model.params, model.grads, ops)
             return fused

@@ -190,6 +190,24 @@ def test_fused_training_matches_the_unfused_path(monkeypatch, rng):
         np.testing.assert_allclose(wa, wb, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("penalty", [dict(l2=1e-2), dict(l1=1e-3, l2=1e-3)])
+def test_fused_training_with_penalties_matches_the_unfused_path(monkeypatch, penalty):
+    """L1/L2 ride beside the fused step (the penalty's gradient is added after it): the same training as
+    the per-layer primitives, and the fused step really ran (its step count)."""
+    fused_or_skip()
+    X, y = gn.datasets.sinc(120, seed=1)
+    a = gn.MLP([1, 16, 16, 1], "tanh", device="cpu", dtype="float64", seed=0, **penalty)
+    ha = a.fit(X, y, epochs=3, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0)
+    assert ha.fast_paths["fused_step"]["steps"] == 3 * 8
+    monkeypatch.setattr(_ops.NumpyOps, "fused_step", lambda self, *args: None)
+    b = gn.MLP([1, 16, 16, 1], "tanh", device="cpu", dtype="float64", seed=0, **penalty)
+    hb = b.fit(X, y, epochs=3, batch_size=16, optimizer=gn.Adam(lr=1e-2), verbose=0)
+    assert hb.fast_paths["fused_step"]["steps"] == 0
+    np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=1e-10)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-9, atol=1e-12)
+
+
 def test_strict_namespace_with_dropout_and_penalties(rng):
     """Dropout masks (drawn on the host from the same seeded stream) and L1/L2 penalties give the
     same training under NumPy and under array_api_strict."""

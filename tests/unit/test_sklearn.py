@@ -280,3 +280,32 @@ def test_sgd_schedules_and_scikit_learns_private_views():
         _w.simplefilter("ignore")
         reg.fit(np.asarray(X, float), np.c_[y, y, y].astype(float))
     assert reg._optimizer.opt.lr == pytest.approx(0.001 * 1.5)  # three outputs of half squared error: c = 3/2
+
+
+def test_same_numbers_as_scikit_learn_where_the_batches_are_the_same():
+    """Same random_state -> scikit-learn's initial weights; L-BFGS (full batch) and full-batch SGD without
+    shuffling then follow scikit-learn's own estimator to rounding: the objective, its scale and the solvers."""
+    import warnings as _w
+
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier as SkC, MLPRegressor as SkR
+
+    X, y = load_digits(n_class=3, return_X_y=True)
+    X = X / 16.0
+    with _w.catch_warnings():
+        _w.simplefilter("ignore")
+        ours = MLPClassifier(solver="lbfgs", hidden_layer_sizes=(20,), max_iter=10, random_state=0, device="cpu")
+        theirs = SkC(solver="lbfgs", hidden_layer_sizes=(20,), max_iter=10, random_state=0)
+        ours.fit(X, y), theirs.fit(X, y)
+        assert ours.n_iter_ == theirs.n_iter_ and ours.loss_ == pytest.approx(theirs.loss_, rel=1e-9)
+        for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+            np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+        rng = np.random.default_rng(0)
+        Xr = rng.normal(size=(100, 4))
+        Y = np.c_[Xr.sum(axis=1), Xr[:, 0]]
+        kw = dict(solver="sgd", hidden_layer_sizes=(8,), max_iter=3, random_state=0, shuffle=False, batch_size=100)
+        ours = MLPRegressor(device="cpu", **kw).fit(Xr, Y)
+        theirs = SkR(**kw).fit(Xr, Y)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-7)
+    for a, b in zip(ours.coefs_, theirs.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
