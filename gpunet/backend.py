@@ -11,9 +11,11 @@ report a device and still fail on the first kernel (no driver, no NVRTC).
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -186,6 +188,12 @@ class Backend:
                 raise ValueError(f"{name} contains NaN or Inf (or values too large for {dtype})")
             return a
 
+    def sparse_rows(self, X, dtype, name="X"):
+        """A SciPy CSR/CSC matrix as :class:`SparseRows`: kept sparse on this device, densified a batch at a time."""
+        if self.kind == "generic":
+            raise TypeError(f"{name} is a sparse matrix; the {self.name} backend takes dense arrays only")
+        return SparseRows(self, X, dtype, name)
+
     def to_host(self, a) -> np.ndarray:
         """Copy a device array to a new host ``numpy.ndarray`` (never a view of device data)."""
         if self.kind == "numpy":
@@ -317,3 +325,62 @@ def check_dtype(dtype) -> str:
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return name
+
+
+class SparseRows:
+    """Sparse inputs (SciPy CSR/CSC) kept compressed on the device and densified where they are used: the rows of
+    a training batch gathered into its dense buffer (:meth:`take`), a slice of rows as a dense block
+    (``X[s:e]``, prediction and evaluation chunks). Memory holds the CSR matrix plus one dense batch.
+
+    On CUDA the matrix is a ``cupyx.scipy.sparse.csr_matrix`` and batches are gathered by its row indexing on the
+    device; the first gather is checked against SciPy's on the host, and if it differs or fails the device gather
+    is switched off with a warning (batches are then gathered on the host and uploaded)."""
+
+    def __init__(self, backend, X, dtype, name="X"):
+        csr = X.tocsr().astype(dtype)
+        csr.sum_duplicates()  # canonical form: the values a dense copy would hold
+        if not np.isfinite(csr.data).all():
+            raise ValueError(f"{name} contains NaN or Inf (or values too large for {dtype})")
+        self.backend, self.host, self.dtype, self.shape = backend, csr, np.dtype(dtype), csr.shape
+        self.device_csr, self.checked = None, backend.kind != "cupy"
+        if backend.kind == "cupy":
+            try:
+                sparse = importlib.import_module("cupyx.scipy.sparse")
+                with backend.device:
+                    self.device_csr = sparse.csr_matrix(csr)
+            except Exception as exc:  # no cupyx sparse (or no memory for it): the host gathers the batches
+                warnings.warn(f"gpunet: sparse X stays on the host ({type(exc).__name__}: {exc}); batches are "
+                              "densified there and uploaded", UserWarning, stacklevel=3)
+
+    @property
+    def ndim(self):
+        return 2
+
+    def take(self, idx, out):
+        """Dense rows ``X[idx]`` into ``out`` (idx a device index array)."""
+        be = self.backend
+        if self.device_csr is not None:
+            try:
+                dense = self.device_csr[idx].toarray()
+                if not self.checked:
+                    self.checked = True
+                    want = self.host[be.to_host(idx)].toarray()
+                    if not np.array_equal(be.to_host(dense), want):
+                        raise RuntimeError("the device gather differs from SciPy's")
+                out[...] = dense
+                return out
+            except Exception as exc:  # unverified device indexing never trains on wrong rows
+                warnings.warn(f"gpunet: gathering sparse rows on {be.name} is off ({type(exc).__name__}: {exc}); "
+                              "batches are densified on the host and uploaded", UserWarning, stacklevel=2)
+                self.device_csr = None
+        rows = be.to_host(idx) if be.kind == "cupy" else idx
+        out[...] = be.to_device(self.host[rows].toarray(), self.dtype.name) if be.kind == "cupy" \
+            else self.host[rows].toarray()
+        return out
+
+    def __getitem__(self, key):
+        """Rows ``X[s:e]`` (a slice, optionally with ``...``) as a dense device block."""
+        rows = key[0] if isinstance(key, tuple) else key
+        if not isinstance(rows, slice):
+            raise TypeError("SparseRows takes slices of rows; gather batches with take()")
+        return self.backend.to_device(self.host[rows].toarray(), self.dtype.name)

@@ -95,11 +95,21 @@ def is_sparse(X) -> bool:
     return type(X).__module__.startswith("scipy.sparse") and hasattr(X, "toarray")
 
 
+def check_sparse_X(X, n_features, name="X"):
+    """A SciPy sparse matrix of real numbers with ``n_features`` columns and at least one row (its values are
+    checked for NaN/Inf where it is converted, :class:`gpunet.backend.SparseRows`)."""
+    if X.ndim != 2 or X.shape[1] != n_features or X.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (n_samples >= 1, {n_features}), got {tuple(X.shape)}")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
+    return X
+
+
 def as_float_array(name, X):
     """A host float64-or-float32 ndarray from array-likes; rejects objects, strings, complex, sparse matrices."""
     if is_sparse(X):
-        raise TypeError(f"{name} is a sparse matrix ({type(X).__name__}); gpunet.MLP takes dense arrays: densify it "
-                        f"with {name}.toarray(), or use gpunet.sklearn's estimators, which take sparse input")
+        raise TypeError(f"{name} is a sparse matrix ({type(X).__name__}); here gpunet takes dense arrays: densify it "
+                        f"with {name}.toarray() (MLP.fit, predict and evaluate, and gpunet.sklearn, take sparse inputs)")
     if is_device_array(X):
         raise TypeError(f"{name} is a CUDA array but this model is on the CPU: copy it to the host first "
                         "(e.g. cupy.asnumpy(X)), or build the model with device='cuda'")

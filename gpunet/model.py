@@ -275,21 +275,27 @@ class MLP:
                              f"{self.output_activation!r}")
         return loss
 
-    def upload(self, X, y, loss, name="X", targets=True):
+    def upload(self, X, y, loss, name="X", targets=True, sparse=True):
         """Validate on the host, then upload ``X`` (standardised on the device when the model has
         ``input_mean``/``input_scale``) and float targets ``Y`` (n, n_L) once: the one door every fit,
         evaluation and prediction of MLP, MLPStack and the estimators goes through. ``targets=False``
-        (prediction) uploads ``X`` alone; otherwise ``y`` is required."""
+        (prediction) uploads ``X`` alone; otherwise ``y`` is required. Sparse ``X`` becomes
+        :class:`gpunet.backend.SparseRows` unless ``sparse=False`` (then it is refused, saying so)."""
         if targets and y is None:
             what = "y" if name == "X" else f"the {name.rpartition(' X')[0] or name} targets"
             raise ValueError(f"{what} is required: pass the targets as well as the inputs (got None)")
-        if self.backend.kind == "cupy" and checks.is_device_array(X):
+        if checks.is_sparse(X) and sparse:  # kept sparse on the device, densified per batch (backend.SparseRows)
+            if self.input_mean is not None or self.input_scale is not None:
+                raise TypeError(f"{name} is sparse, and this model standardises its inputs (which would densify "
+                                "them): pass a dense array")
+            Xd = Xh = self.backend.sparse_rows(checks.check_sparse_X(X, self.layer_sizes[0], name), self.dtype, name)
+        elif self.backend.kind == "cupy" and checks.is_device_array(X):
             Xd = self.backend.adopt(X, self.layer_sizes[0], self.dtype, name)  # stays on the device
             Xh = Xd  # only its shape is read below
         else:
             Xh = checks.check_fits(name, checks.check_X(X, self.layer_sizes[0], name), self.dtype)
             Xd = self.backend.to_device(Xh, self.dtype)
-        if self.input_mean is not None or self.input_scale is not None:
+        if (self.input_mean is not None or self.input_scale is not None) and not isinstance(Xd, _backend.SparseRows):
             Xd = self._standardise(Xd)
         if not targets:
             return Xd, None
@@ -334,7 +340,7 @@ class MLP:
         """
         loss = self.resolve_loss(loss)
         Xd, Yd = self.upload(X, y, loss)
-        Wd = self.upload_weights(sample_weight, Xd.shape[0])
+        Xd, Wd = Xd[:] if checks.is_sparse(X) else Xd, self.upload_weights(sample_weight, Xd.shape[0])  # full batch
         with self.backend.activate():
             ws = self.workspace(Xd.shape[0])
             value, _, _ = self.step_gradients(Xd, Yd, ws, loss, train=False, weight=Wd)

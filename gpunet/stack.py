@@ -211,7 +211,7 @@ class MLPStack:
         verbose = checks.check_int("verbose", verbose, low=0)
         m0 = self._models[0]
         loss = m0.resolve_loss(loss)
-        Xd, Yd = m0.upload(X, y, loss)
+        Xd, Yd = m0.upload(X, y, loss, sparse=False)
         opt = self._stacked_optimizer(optimizer)
         # ---- nothing above changed any state ----
         self.optimizer, self.loss = opt, loss
@@ -295,7 +295,7 @@ class MLPStack:
     def predict(self, X):
         """Outputs of every model for ``X``: a host array (K, n_samples, n_outputs). Changes nothing."""
         m0 = self._models[0]
-        Xd, _ = m0.upload(X, None, None, targets=False)
+        Xd, _ = m0.upload(X, None, None, targets=False, sparse=False)
         xp = self.xp
         with self.backend.activate():
             a = xp.reshape(Xd, (1,) + tuple(Xd.shape))

@@ -24,7 +24,8 @@ or by full-batch L-BFGS over its flat parameter buffer (:mod:`gpunet.training.lb
   is added to the bias-corrected second moment (PyTorch's form), scikit-learn adds it before the correction.
 - Early stopping holds out a stratified ``validation_fraction`` (classification, except multi-label), scores it
   every epoch, and restores the best weights. ``partial_fit`` runs one epoch with the optimizer state kept.
-- Sparse CSR/CSC input is densified at the door (the network itself is dense).
+- Sparse CSR/CSC input stays sparse and is densified a batch at a time by :meth:`gpunet.MLP.fit` (on the device
+  for CUDA); L-BFGS densifies it once (its batch is the whole set).
 - gpunet's own parameters: ``device`` ("auto": a usable CUDA GPU, else the CPU; a pickled estimator loads on
   the CPU, with a warning, where its device is missing), ``dtype``, ``dropout``, and ``optimizer`` (a gpunet
   optimizer or name that replaces ``solver``'s, e.g. ``gpunet.AdamW(weight_decay=0.01)``).

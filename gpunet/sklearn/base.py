@@ -193,15 +193,14 @@ class BaseMLP(BaseEstimator):
         return np.dtype(_backend.check_dtype(np.dtype(self.dtype).name)).type
 
     def _validate_X(self, X, reset):
-        X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=reset, dtype=self._dtype_option())
-        return X.toarray() if hasattr(X, "toarray") else X
+        return validate_data(self, X, accept_sparse=["csr", "csc"], reset=reset, dtype=self._dtype_option())
 
     def _validate_Xy(self, X, y, reset):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True, y_numeric=self._y_numeric,
                              dtype=self._dtype_option(), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
-        return (X.toarray() if hasattr(X, "toarray") else X), y
+        return X, y  # sparse X stays sparse: gpunet densifies it a batch at a time
 
     # ------------------------------------------------------------------ fitting
     def _fit(self, X, y, sample_weight=None, incremental=False, classes=None):
@@ -376,7 +375,6 @@ class BaseMLP(BaseEstimator):
         scale = self._scale(self.out_activation_, Y.shape[1])
         total = float(np.sum(sample_weight)) if sample_weight is not None else float(np.shape(X)[0])
         net.l2 = self.alpha / (2.0 * scale * total)
-        X = X.toarray() if hasattr(X, "toarray") else X
         value, grads = net.loss_and_gradients(X, Y, loss=LOSS[self.out_activation_], sample_weight=sample_weight)
         packed = np.concatenate([np.ravel(g) for g in grads[0::2] + grads[1::2]])
         return scale * value, scale * packed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunet._optional import import_optional
+from gpunet.backend import SparseRows
 
 
 def minimize(model, X, y, *, loss=None, sample_weight=None, max_iter=200, max_fun=15000, tol=1e-5, scale=1.0,
@@ -23,6 +24,8 @@ def minimize(model, X, y, *, loss=None, sample_weight=None, max_iter=200, max_fu
     optimize = import_optional("scipy.optimize", "solver='lbfgs'")
     loss = model.resolve_loss(loss)
     Xd, Yd = model.upload(X, y, loss)
+    if isinstance(Xd, SparseRows):  # full-batch: densified once (the network is dense)
+        Xd = Xd[:]
     Wd = model.upload_weights(sample_weight, Xd.shape[0])
     be = model.backend
     calls = [0]

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from gpunet import callbacks as _callbacks, checks, distributed, optim
+from gpunet import backend as _backend, callbacks as _callbacks, checks, distributed, optim
 from gpunet.errors import DivergenceError, OutOfMemoryError
 from gpunet.nn import losses
 import gpunet.training.cuda_graph as _cuda_graph
@@ -127,6 +127,8 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
         opt = optim.get(optimizer)
     Xd, Yd = model.upload(X, y, loss)
     Wd = model.upload_weights(sample_weight, Xd.shape[0])
+    if distributed and checks.is_sparse(X):
+        raise TypeError("X is a sparse matrix: distributed=True takes dense arrays (densify it with X.toarray())")
     if Wd is not None and distributed:
         raise ValueError("sample_weight is not supported with distributed=True (each rank would need the global "
                          "weight sum of every batch); fold the weights into the data or train on one process")
@@ -170,8 +172,9 @@ def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size,
     if cuda_graph is None:
         cuda_graph = os.environ.get("GPUNET_CUDA_GRAPH", "0") == "1"
     trainer = Trainer(model, opt, loss, Xd, Yd, val, batch_size, shuffle, verbose, reducer, shard, Wd)
-    if Wd is not None and cuda_graph:
-        log.info("gpunet: CUDA graphs are not used with sample_weight (the captured step takes no weights)")
+    if (Wd is not None or trainer.sparse) and cuda_graph:
+        log.info("gpunet: CUDA graphs are not used with sample_weight or sparse inputs (the captured step takes "
+                 "neither)")
         cuda_graph = False
     if reducer is not None and cuda_graph:
         log.info("gpunet: CUDA graphs are not used with distributed=True (the all-reduce sits inside the step)")
@@ -252,6 +255,7 @@ class Trainer:
                  Wd=None):
         self.model, self.opt, self.loss, self.Xd, self.Yd, self.val = model, opt, loss, Xd, Yd, val
         self.Wd = Wd  # per-sample weights (n, 1) on the device, or None
+        self.sparse = isinstance(Xd, _backend.SparseRows)  # densified a batch at a time
         self.fused_steps = 0
         self.shuffle, self.verbose, self.reducer, self.shard = shuffle, verbose, reducer, shard
         self.n = n = Xd.shape[0]
@@ -271,6 +275,8 @@ class Trainer:
             paths["fused_step"]["steps"] = self.fused_steps
         if self.Wd is not None and paths.get("fused_step", {}).get("live"):
             paths["fused_step"].update(live=False, reason="sample_weight: the fused step takes no per-sample weights")
+        elif self.sparse and paths.get("fused_step", {}).get("live"):
+            paths["fused_step"].update(live=False, reason="sparse X: batches are densified for the per-layer primitives")
         return paths
 
     def graph_summary(self):
@@ -340,7 +346,8 @@ class Trainer:
             self._reduce_gradients(0.0)
             self.opt.step(model.params, model.grads, ops)
             return 0.0, 0.0 if self.classification else None
-        fused = ops.fused_step(model, ws, self.Xd, self.Yd, rows, self.loss) if self.Wd is None else None
+        fused = None if self.Wd is not None or self.sparse else ops.fused_step(model, ws, self.Xd, self.Yd, rows,
+                                                                               self.loss)
         if fused is not None:
             self.fused_steps += 1
             if model.l1 or model.l2:  # the penalty's gradient and value, beside the fused data gradient
@@ -348,7 +355,7 @@ class Trainer:
             self._reduce_gradients(weight)
             self.opt.step(model.params, model.grads, ops)
             return fused
-        x = ops.take_rows(self.Xd, rows, ws.a[0][:r, ...])
+        x = self.gather(rows, ws.a[0][:r, ...])
         yb = ops.take_rows(self.Yd, rows, ws.y[:r, ...])
         wb = ops.take_rows(self.Wd, rows, self.wb[:r, ...]) if self.Wd is not None else None
         value, _, correct = model.step_gradients(x, yb, ws, self.loss, train=True, count=self.classification,
@@ -356,6 +363,12 @@ class Trainer:
         self._reduce_gradients(weight)
         self.opt.step(model.params, model.grads, ops)
         return value, correct
+
+    def gather(self, rows, out):
+        """The batch's inputs ``X[rows]`` into ``out`` (dense rows of a sparse matrix, densified here)."""
+        if self.sparse:
+            return self.Xd.take(rows, out)
+        return self.model.ops.take_rows(self.Xd, rows, out)
 
     def _reduce_gradients(self, weight):
         if self.reducer is not None:
@@ -382,7 +395,7 @@ class Trainer:
     def _finite_at_start(self, order):
         """Whether the (restored) weights give a finite loss on the epoch's first batch."""
         rows = self.model.backend.to_device(order[:self.B].astype(np.int64))
-        x = self.model.xp.take(self.Xd, rows, axis=0)
+        x = self.gather(rows, self.model.zeros((rows.shape[0], self.model.layer_sizes[0])))
         y = self.model.xp.take(self.Yd, rows, axis=0)
         value = self.model.evaluate_device(x, y, self.loss)["loss"]
         return bool(np.isfinite(value))
