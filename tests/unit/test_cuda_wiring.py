@@ -766,3 +766,69 @@ def test_cublas_without_pathfinder_is_not_an_import_error(monkeypatch):
     cublas.load_library()
     assert rec.tried == ["libcublas.so.13"]
     assert "cuda.pathfinder" not in cublas.__dict__  # imported lazily, inside the loader only
+
+
+def test_sample_weight_and_the_poisson_loss_on_the_cuda_backend(fake_cuda, rng):
+    """The weighted loss and the exp output take the reference expressions on CUDA too (no kernel knows them):
+    the same training as the CPU."""
+    X = rng.standard_normal((48, 4))
+    y = rng.poisson(2.0, size=(48, 2)).astype(float)
+    w = rng.uniform(0.2, 2.0, 48)
+    out = {}
+    for name, dev in (("cpu", "cpu"), ("cuda", fake_cuda)):
+        net = gn.MLP([4, 8, 2], "tanh", "exp", device=dev, dtype="float64", seed=1)
+        hist = net.fit(X, y, loss="poisson", epochs=3, batch_size=16, sample_weight=w, verbose=0,
+                       optimizer=gn.Adam(lr=1e-2))
+        out[name] = (hist.history["loss"], net.get_weights())
+    np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], rtol=1e-10)
+    for a, b in zip(out["cpu"][1], out["cuda"][1]):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+
+
+class _ScipyBackedCsr:
+    """cupyx.scipy.sparse.csr_matrix stand-in over SciPy (``shift`` makes its row indexing wrong)."""
+
+    def __init__(self, csr, shift=0):
+        self.csr, self.shift = csr, shift
+
+    def __getitem__(self, idx):
+        rows = (np.asarray(idx) + self.shift) % self.csr.shape[0]
+        return self.csr[rows]
+
+
+@pytest.mark.parametrize("cupyx", ["exact", "wrong", "missing"])
+def test_sparse_rows_on_the_cuda_backend_are_checked_at_first_use(fake_cuda, rng, monkeypatch, cupyx):
+    """Sparse X on CUDA: gathered by cupyx's row indexing when that checks out against SciPy on the first batch;
+    a wrong or missing cupyx sparse module switches the device gather off with a warning, and training is the
+    CPU's either way."""
+    import sys
+    import types
+    import warnings
+
+    sparse = pytest.importorskip("scipy.sparse")
+    if cupyx == "missing":
+        monkeypatch.setitem(sys.modules, "cupyx.scipy.sparse", None)
+    else:
+        fake = types.ModuleType("cupyx.scipy.sparse")
+        fake.csr_matrix = lambda csr: _ScipyBackedCsr(csr, shift=0 if cupyx == "exact" else 1)
+        monkeypatch.setitem(sys.modules, "cupyx.scipy.sparse", fake)
+    X = rng.standard_normal((40, 5))
+    X[X < 0.4] = 0.0
+    y = rng.integers(0, 3, 40)
+    out = {}
+    for name, dev in (("cpu", "cpu"), ("cuda", fake_cuda)):
+        net = gn.MLP([5, 8, 3], "relu", "softmax", device=dev, dtype="float64", seed=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hist = net.fit(sparse.csr_matrix(X), y, epochs=2, batch_size=8, verbose=0)
+            pred = net.predict(sparse.csr_matrix(X))
+        out[name] = (hist.history["loss"], pred, [str(c.message) for c in caught])
+    np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], rtol=1e-10)
+    np.testing.assert_allclose(out["cuda"][1], out["cpu"][1], rtol=1e-9, atol=1e-12)
+    messages = " ".join(out["cuda"][2])
+    if cupyx == "exact":
+        assert "sparse" not in messages
+    elif cupyx == "wrong":
+        assert "gathering sparse rows on cuda:0 is off" in messages and "differs from SciPy" in messages
+    else:
+        assert "sparse X stays on the host" in messages
