@@ -398,15 +398,15 @@ class BaseMLP(BaseEstimator):
         model = state.pop("model_", None)
         state.pop("_optimizer", None)
         if model is not None:
-            state["_model_npz"] = npz_bytes(model)
+            state["_model_npz"], state["_model_device"] = npz_bytes(model), model.device
         return state
 
     def __setstate__(self, state):
         state = dict(state)
-        blob = state.pop("_model_npz", None)
+        blob, fitted_on = state.pop("_model_npz", None), state.pop("_model_device", None)
         super().__setstate__(state)
         if blob is not None:
-            self.model_ = npz_load(blob, self.device)
+            self.model_ = npz_load(blob, self.device, fitted_on)
             self._optimizer = None
 
     def __sklearn_tags__(self):
@@ -428,17 +428,23 @@ def npz_bytes(model):
     return buffer.getvalue()
 
 
-def npz_load(blob, device):
+def npz_load(blob, device, fitted_on=None):
+    """The network of a pickled estimator on ``device`` resolved here: the CPU, with a warning, where that
+    device is not usable; a warning too when ``"auto"`` now means another device than the one it was fitted on."""
     fd, tmp = tempfile.mkstemp(suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
         try:
-            return load(tmp, device=device)
+            net = load(tmp, device=device)
         except DeviceUnavailableError as exc:
             warnings.warn(f"gpunet.sklearn: this estimator was fitted for device={device!r}, which is not usable "
                           f"here ({exc}); its network is loaded on the CPU", UserWarning, stacklevel=3)
             return load(tmp, device="cpu")
+        if fitted_on is not None and net.device != fitted_on:
+            warnings.warn(f"gpunet.sklearn: this estimator was fitted on {fitted_on}; device={device!r} is "
+                          f"{net.device} here, where its network is loaded", UserWarning, stacklevel=3)
+        return net
     finally:
         os.unlink(tmp)
 

@@ -263,6 +263,13 @@ def test_pickled_for_a_missing_gpu_loads_on_the_cpu_with_a_warning():
     np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
     again.partial_fit(X, y)  # and it keeps training
     assert again.t_ == clf.t_ + 50
+    auto = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0, device="auto").fit(X, y)
+    state = auto.__getstate__()
+    state["_model_device"] = "cuda:0"  # "auto" meant a GPU where it was pickled
+    again = MLPClassifier.__new__(MLPClassifier)
+    with pytest.warns(UserWarning, match="fitted on cuda:0; device='auto' is cpu here"):
+        again.__setstate__(state)
+    np.testing.assert_array_equal(again.predict(X), auto.predict(X))
 
 
 def test_sgd_schedules_and_scikit_learns_private_views():
