@@ -250,16 +250,6 @@ def _digest(backend, *arrays):
     return "blake2b:" + h.hexdigest()
 
 
-def _state_kept(opt, params):
-    """Whether ``opt.bind(params)`` will keep the optimizer's state (as ``Optimizer.bind`` decides)."""
-    ref = getattr(opt, "_owner", None)
-    owner = ref() if ref is not None else None
-    size = getattr(opt, "_size", None)
-    names = getattr(opt, "state_names", ())
-    return ((owner is params or (owner is None and size == params.shape[0])) and size == params.shape[0]
-            and all(k in opt.state for k in names))
-
-
 def fingerprint(model, opt, loss, Xd, Yd, batch_size, epochs, shuffle, shard):
     """What every rank of a distributed fit must have alike, as ``{field: printable value}``."""
     backend = model.backend
@@ -270,7 +260,7 @@ def fingerprint(model, opt, loss, Xd, Yd, batch_size, epochs, shuffle, shard):
         "optimizer": type(opt).__name__,
     }
     fields.update(opt.get_config())  # lr, betas, eps, momentum, weight_decay, ...
-    if _state_kept(opt, model.params):
+    if opt.keeps_state(model.params):  # the state this fit continues (as bind decides)
         fields["optimizer state"] = (f"step {opt.step_count} "
                                      + _digest(backend, *(opt.state[k] for k in opt.state_names)))
     else:

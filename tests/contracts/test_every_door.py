@@ -149,3 +149,69 @@ def test_a_missing_optional_extra_is_an_install_hint_with_exit_2(tmp_path, capsy
     code, err = _cli(capsys, "export", "--model", str(tmp_path / "m.npz"), "--onnx", str(tmp_path / "m.onnx"))
     assert code == 2 and len(err) == 1 and "pip install 'gpunet[onnx]'" in err[0], err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def _adam_state(opt):
+    return opt.step_count, {k: np.array(v) for k, v in opt.state.items()}
+
+
+def _assert_same_state(got, want):
+    assert got[0] == want[0] and sorted(got[1]) == sorted(want[1])
+    for k, v in want[1].items():
+        np.testing.assert_array_equal(got[1][k], v)
+
+
+@pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
+@pytest.mark.parametrize("door", ["mlp.fit", "stack.fit", "classifier.fit", "regressor.fit"])
+def test_an_optimizer_that_trained_one_model_never_changes_it_through_another_door(door):
+    """One instance passed to a second model (or stack, or estimator) after it trained model a: the second
+    trains with its own copy (same hyper-parameters, fresh state) and model a keeps the instance and its
+    state, so continuing a (optimizer=None or the instance again) equals a model that never shared it."""
+    from gpunet.sklearn import MLPClassifier, MLPRegressor
+
+    opt = gn.Adam(lr=1e-2)
+    a = gn.MLP([1, 8, 1], "tanh", dtype="float64", seed=0)
+    a.fit(X, Y, epochs=2, batch_size=8, optimizer=opt, verbose=0)
+    kept = _adam_state(opt)
+    if door == "mlp.fit":
+        b = gn.MLP([1, 8, 1], "tanh", dtype="float64", seed=1)
+        b.fit(X, Y, epochs=1, batch_size=8, optimizer=opt, verbose=0)
+        assert b.optimizer is not opt and type(b.optimizer) is gn.Adam and b.optimizer.get_config() == opt.get_config()
+        b.fit(X, Y, epochs=1, batch_size=8, optimizer=opt, verbose=0)  # the instance again: b's own copy goes on
+        ref_b = gn.MLP([1, 8, 1], "tanh", dtype="float64", seed=1)
+        ref_b.fit(X, Y, epochs=2, batch_size=8, optimizer=gn.Adam(lr=1e-2), verbose=0)
+        _assert_same_state(_adam_state(b.optimizer), _adam_state(ref_b.optimizer))
+        for u, v in zip(b.get_weights(), ref_b.get_weights()):
+            np.testing.assert_array_equal(u, v)
+    elif door == "stack.fit":
+        gn.MLPStack([1, 8, 1], "tanh", seeds=[0, 1], dtype="float64").fit(X, Y, epochs=1, batch_size=8, optimizer=opt)
+    else:
+        est = (MLPClassifier if door == "classifier.fit" else MLPRegressor)(
+            hidden_layer_sizes=(4,), max_iter=2, optimizer=opt, random_state=0)
+        est.fit(X, (Y[:, 0] > 0).astype(int) if door == "classifier.fit" else Y[:, 0])
+    assert a.optimizer is opt
+    _assert_same_state(_adam_state(opt), kept)
+    a.fit(X, Y, epochs=1, batch_size=8, verbose=0)  # continue with its optimizer
+    a.fit(X, Y, epochs=1, batch_size=8, optimizer=opt, verbose=0)  # and with the instance again
+    ref = gn.MLP([1, 8, 1], "tanh", dtype="float64", seed=0)
+    ref.fit(X, Y, epochs=4, batch_size=8, optimizer=gn.Adam(lr=1e-2), verbose=0)
+    _assert_same_state(_adam_state(opt), _adam_state(ref.optimizer))
+    for u, v in zip(a.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_an_optimizer_whose_model_is_gone_starts_fresh_on_the_next():
+    """The model that trained an instance was garbage-collected: the next model gets fresh state, not
+    the moments and step count of a model that no longer exists (equal buffer sizes included)."""
+    import gc
+
+    opt = gn.Adam(lr=1e-2)
+    gn.MLP([1, 8, 1], "tanh", dtype="float64", seed=0).fit(X, Y, epochs=2, batch_size=8, optimizer=opt, verbose=0)
+    gc.collect()
+    b = gn.MLP([1, 8, 1], "tanh", dtype="float64", seed=1)
+    b.fit(X, Y, epochs=1, batch_size=8, optimizer=opt, verbose=0)
+    ref = gn.MLP([1, 8, 1], "tanh", dtype="float64", seed=1)
+    ref.fit(X, Y, epochs=1, batch_size=8, optimizer=gn.Adam(lr=1e-2), verbose=0)
+    assert opt.step_count == 5
+    for u, v in zip(b.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(u, v)

@@ -135,6 +135,21 @@ def test_without_mpi_init_distributed_fit_is_one_rank():
         np.testing.assert_array_equal(u, v)
 
 
+def test_the_fingerprint_covers_the_optimizer_state_a_fit_continues():
+    """A model that continues its optimizer (or one read from a file) puts the step count and a hash of
+    the state into the ranks' agreement; a new optimizer is "fresh"."""
+    from gpunet import distributed
+
+    X, y = data()
+    m, _ = single(X, y)
+    Xd, Yd = m.upload(X, y, m.loss)
+
+    def state(opt):
+        return distributed.fingerprint(m, opt, m.loss, Xd, Yd, 32, 1, True, False)["optimizer state"]
+    assert state(m.optimizer).startswith("step 14 blake2b:")
+    assert state(gn.Adam(lr=0.01)) == "fresh"
+
+
 def test_cli_train_distributed_equals_one_process(tmp_path):
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
                OPENBLAS_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
