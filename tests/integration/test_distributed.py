@@ -226,6 +226,44 @@ def test_the_same_error_on_every_rank_is_raised_on_every_rank(tmp_path):
     assert seconds < 30  # did not wait out the 10 s default timeout and abort
 
 
+@pytest.mark.parametrize("mode, says", [
+    ("no-fit", "distributed fit: rank 1 ended without calling fit(distributed=True)"),
+    ("swallowed", "distributed fit: rank 1 ended without calling fit(distributed=True)"),
+    ("swallowed-guarded", "distributed fit: rank 1 failed before training (OSError: cannot read the data on rank 1)"),
+])
+def test_a_rank_that_never_calls_fit_ends_the_job_within_seconds(tmp_path, mode, says):
+    """rank 0 calls fit(distributed=True), rank 1 never does: it just ends, or raises an error in its own
+    try/except and carries on to its end (without or inside dist.guard()). rank 1's exit (or its guard)
+    takes part in rank 0's setup agreement, so rank 0 raises naming rank 1 and the job ends, never a hang."""
+    proc, seconds = mpirun(2, mode, str(tmp_path / "x.npz"), timeout=60)
+    assert proc.returncode != 0
+    assert says in proc.stderr and "rank 0 of 2 failed (DistributedError)" in proc.stderr, proc.stderr[-3000:]
+    assert "rank 0: trained" not in proc.stdout and "rank 1: done" in proc.stdout, proc.stdout
+    assert seconds < 30
+
+
+def test_a_rank_that_never_comes_aborts_the_job_after_the_setup_timeout(tmp_path):
+    """rank 1 is alive but never reaches fit (stuck for 10 minutes): rank 0 waits for it at most
+    GPUNET_DISTRIBUTED_SETUP_TIMEOUT seconds in the setup agreement, then aborts every rank with one line."""
+    proc, seconds = mpirun(2, "stuck", str(tmp_path / "x.npz"), timeout=60, GPUNET_DISTRIBUTED_SETUP_TIMEOUT="3")
+    assert proc.returncode != 0
+    assert ("gpunet: rank 0 of 2 failed waiting for the other ranks (TimeoutError: not every rank came to the setup "
+            "of a distributed fit within 3 s") in proc.stderr, proc.stderr[-3000:]
+    assert "rank 0: trained" not in proc.stdout and "rank 1: done" not in proc.stdout
+    assert 3 <= seconds < 30
+
+
+def test_every_rank_ending_without_a_fit_passes_the_exit_agreement_at_once(tmp_path):
+    """The exit agreement costs nothing when every rank ends normally: a job that never trains (both
+    ranks called dist.init()) exits 0 promptly."""
+    script = tmp_path / "idle.py"
+    script.write_text("import gpunet.distributed as dist\nrank, size = dist.init()\nprint(f'rank {rank} of {size}')\n")
+    proc, seconds = launch(2, [sys.executable, str(script)], timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(proc.stdout.split("\n"))[-2:] == ["rank 0 of 2", "rank 1 of 2"]
+    assert seconds < 30
+
+
 def _cli(tmp_path, *argv, who=None, timeout=90, **env):
     """``gpunet ARGV`` under ``mpirun -n 2`` with the ranks' temporary folders in tmp_path/tmp."""
     tmp = tmp_path / "tmp"
