@@ -109,9 +109,9 @@ def init():
     that ends takes part in one last agreement, so a rank waiting for it in a fit's setup raises. With more than one rank
     and a usable CuPy, it makes GPU ``local_rank % device count`` current (the local rank counts the
     ranks on this node: ``COMM_WORLD.Split_type(COMM_TYPE_SHARED)``), since NCCL refuses two ranks of
-    one communicator on one GPU. ``$GPUNET_DEVICE=cpu`` skips that. (``backend.resolve`` still names
-    ``cuda:0`` for ``"auto"``/``"cuda"`` and makes it current in ``activate()``: until it uses the
-    current device, pass ``device=f"cuda:{dist.local_rank()}"`` on a multi-GPU node.)
+    one communicator on one GPU. ``$GPUNET_DEVICE=cpu`` skips that. It also sets ``$GPUNET_LOCAL_RANK``
+    (unless the user did), which ``backend.resolve`` reads: ``device="auto"``/``"cuda"`` then names that
+    same GPU (with Open MPI, MPICH, MVAPICH2 or Slurm the launcher's own variable says it already).
     """
     MPI = _mpi()
     comm = MPI.COMM_WORLD
@@ -141,6 +141,7 @@ def _select_gpu(comm, MPI):
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     _state["local_rank"] = node.Get_rank()
     node.Free()
+    os.environ.setdefault("GPUNET_LOCAL_RANK", str(_state["local_rank"]))  # for backend.resolve (a lower layer)
     if os.environ.get("GPUNET_DEVICE", "").strip().lower() == "cpu":
         return
     try:

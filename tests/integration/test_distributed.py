@@ -330,7 +330,7 @@ def test_init_selects_the_local_ranks_gpu(monkeypatch, count, local_rank, expect
     COMM_WORLD by shared memory (node): NCCL refuses two ranks on one GPU. Fake MPI and CuPy."""
     import types
 
-    from gpunet import distributed
+    from gpunet import backend, distributed
 
     used = []
 
@@ -354,9 +354,13 @@ def test_init_selects_the_local_ranks_gpu(monkeypatch, count, local_rank, expect
                                                                              COMM_TYPE_SHARED="shared"))
     monkeypatch.setattr(distributed, "_state", dict(distributed._state, comm=None, hook=True))
     monkeypatch.delenv("GPUNET_DEVICE", raising=False)
+    monkeypatch.setenv("GPUNET_LOCAL_RANK", "")  # restored (unset) after the test
+    monkeypatch.delenv("GPUNET_LOCAL_RANK")
     assert distributed.init() == (5, 8)
     assert used == ([] if expected is None else [expected])
     assert distributed.local_rank() == local_rank
+    # and backend.resolve learns it: device "auto"/"cuda" is the same GPU (tests/unit/test_backend.py)
+    assert os.environ["GPUNET_LOCAL_RANK"] == str(local_rank) and backend.local_rank() == local_rank
     # a CPU-only run says so: no device is made current
     used.clear()
     monkeypatch.setattr(distributed, "_state", dict(distributed._state, comm=None, hook=True))
