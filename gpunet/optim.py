@@ -92,15 +92,16 @@ class Optimizer(abc.ABC):
         An optimizer belongs to the model it first trains (as in PyTorch, where it is built on one model's
         parameters, and Keras, where it is built for one set of variables). Passed to another model while
         that one lives, it is a template: the other model gets its own copy (same class and
-        hyper-parameters, fresh state), once: ``current``, that model's optimizer, is returned when it is
-        already this instance's copy. The first model keeps the instance and its state untouched."""
+        hyper-parameters, fresh state), once: when ``current``, that model's optimizer, is already this
+        instance's copy, its state goes on (with the instance's hyper-parameters as they are now). The first
+        model keeps the instance and its state untouched. Nothing is changed here: ``fit`` adopts the result."""
         if not self.belongs_to_other(params):
             return self
-        origin = getattr(current, "_copied_from", None)
-        if origin is not None and origin() is self and not current.belongs_to_other(params):
-            return current
         twin = copy.copy(self)
         twin.opt_state, twin._owner, twin._bound_size = OptimizerState(), None, None
+        origin = getattr(current, "_copied_from", None)
+        if origin is not None and origin() is self and not current.belongs_to_other(params):
+            twin.opt_state, twin._owner, twin._bound_size = current.opt_state, current._owner, current._bound_size
         twin._copied_from = weakref.ref(self)
         return twin
 

@@ -179,9 +179,15 @@ def test_an_optimizer_that_trained_one_model_never_changes_it_through_another_do
         b = gn.MLP([1, 8, 1], "tanh", dtype="float64", seed=1)
         b.fit(X, Y, epochs=1, batch_size=8, optimizer=opt, verbose=0)
         assert b.optimizer is not opt and type(b.optimizer) is gn.Adam and b.optimizer.get_config() == opt.get_config()
-        b.fit(X, Y, epochs=1, batch_size=8, optimizer=opt, verbose=0)  # the instance again: b's own copy goes on
+        opt.lr = 5e-3
+        b.fit(X, Y, epochs=1, batch_size=8, optimizer=opt, verbose=0)  # the instance again: b's own copy goes on,
+        assert b.optimizer.lr == 5e-3                                   # at the instance's learning rate now
+        opt.lr = 1e-2
         ref_b = gn.MLP([1, 8, 1], "tanh", dtype="float64", seed=1)
-        ref_b.fit(X, Y, epochs=2, batch_size=8, optimizer=gn.Adam(lr=1e-2), verbose=0)
+        ref_opt = gn.Adam(lr=1e-2)
+        ref_b.fit(X, Y, epochs=1, batch_size=8, optimizer=ref_opt, verbose=0)
+        ref_opt.lr = 5e-3
+        ref_b.fit(X, Y, epochs=1, batch_size=8, optimizer=ref_opt, verbose=0)
         _assert_same_state(_adam_state(b.optimizer), _adam_state(ref_b.optimizer))
         for u, v in zip(b.get_weights(), ref_b.get_weights()):
             np.testing.assert_array_equal(u, v)
