@@ -342,7 +342,7 @@ def _at_exit():
     that will never come; when every rank is ending, all pass it at once. It waits as long as the others
     take to end or call fit (``MPI_Finalize``, next, waits for them anyway)."""
     comm = _state["comm"]
-    if comm is None or comm.Get_size() == 1 or _state["gone"]:
+    if comm is None or _mpi().Is_finalized() or comm.Get_size() == 1 or _state["gone"]:  # (the user may finalize)
         return
     _agree({"ok": False, "exited": True, "error": "ended without calling fit(distributed=True)"}, None)
 

@@ -253,11 +253,13 @@ def test_a_rank_that_never_comes_aborts_the_job_after_the_setup_timeout(tmp_path
     assert 3 <= seconds < 30
 
 
-def test_every_rank_ending_without_a_fit_passes_the_exit_agreement_at_once(tmp_path):
+@pytest.mark.parametrize("finalize", [False, True])
+def test_every_rank_ending_without_a_fit_passes_the_exit_agreement_at_once(tmp_path, finalize):
     """The exit agreement costs nothing when every rank ends normally: a job that never trains (both
-    ranks called dist.init()) exits 0 promptly."""
+    ranks called dist.init()) exits 0 promptly, also where the script calls MPI.Finalize() itself."""
     script = tmp_path / "idle.py"
-    script.write_text("import gpunet.distributed as dist\nrank, size = dist.init()\nprint(f'rank {rank} of {size}')\n")
+    script.write_text("import gpunet.distributed as dist\nrank, size = dist.init()\nprint(f'rank {rank} of {size}')\n"
+                      + ("from mpi4py import MPI\nMPI.Finalize()\n" if finalize else ""))
     proc, seconds = launch(2, [sys.executable, str(script)], timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(proc.stdout.split("\n"))[-2:] == ["rank 0 of 2", "rank 1 of 2"]
