@@ -104,10 +104,10 @@ def init():
 
     Also installs an exception hook: an uncaught exception on any rank prints ``rank N: ...`` and
     aborts every rank, instead of leaving the others blocked in a collective; and an exit hook: a rank
-    that ends takes part in one last agreement, so a rank waiting for it in a fit's setup raises. With more than one rank
-    and a usable CuPy, it makes GPU ``local_rank % device count`` current (the local rank counts the
-    ranks on this node: ``COMM_WORLD.Split_type(COMM_TYPE_SHARED)``), since NCCL refuses two ranks of
-    one communicator on one GPU. ``$GPUNET_DEVICE=cpu`` skips that. It also sets ``$GPUNET_LOCAL_RANK``
+    that ends takes part in one last agreement, so a rank waiting for it in a fit's setup raises. With
+    more than one rank and a usable CuPy, it makes GPU ``local_rank % device count`` current (the local
+    rank counts the ranks on this node: ``COMM_WORLD.Split_type(COMM_TYPE_SHARED)``), since NCCL refuses
+    two ranks of one communicator on one GPU. ``$GPUNET_DEVICE=cpu`` skips that. It also sets ``$GPUNET_LOCAL_RANK``
     (unless the user did), which ``backend.resolve`` reads: ``device="auto"``/``"cuda"`` then names that
     same GPU (with Open MPI, MPICH, MVAPICH2 or Slurm the launcher's own variable says it already).
     """
