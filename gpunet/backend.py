@@ -266,6 +266,35 @@ def _cached_cuda_backend(index, cupy):
 
 _announced = set()
 
+#: where launchers put a process's rank among the processes on its node, first match wins: gpunet's own
+#: (set by ``gpunet.distributed.init()`` from MPI, or by the user), Open MPI, MPICH and Intel MPI, MVAPICH2, Slurm
+LOCAL_RANK_VARIABLES = ("GPUNET_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+                        "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
+
+
+def local_rank() -> int:
+    """This process's rank among the processes on its node, from the environment
+    (:data:`LOCAL_RANK_VARIABLES`); 0 when none is set (one process per node, or no launcher)."""
+    for name in LOCAL_RANK_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def default_cuda_index() -> int:
+    """The GPU ``"auto"`` and ``"cuda"`` mean: ``local_rank() % device count``, so the ranks of a job on a node
+    with several GPUs each take their own (NCCL refuses two ranks of one communicator on one GPU); 0 for a
+    single process, or when the count cannot be read (the probe of device 0 then says why)."""
+    rank = local_rank()
+    if rank == 0:
+        return 0
+    try:
+        count = import_cupy().cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001  (no CuPy, no driver: cuda_status(0) reports the reason)
+        return 0
+    return rank % count if count > 0 else 0
+
 
 def resolve(device="auto") -> Backend:
     """Turn a device spec into a :class:`Backend`.
@@ -273,8 +302,9 @@ def resolve(device="auto") -> Backend:
     Parameters
     ----------
     device : {"auto", "cpu", "cuda", "cuda:N"} or Backend
-        ``"auto"`` (or ``None``) honours ``$GPUNET_DEVICE`` when set, then picks ``cuda:0`` if it is
-        usable, otherwise the CPU, logging why once.
+        ``"auto"`` (or ``None``) honours ``$GPUNET_DEVICE`` when set, then picks the CUDA device of
+        :func:`default_cuda_index` (``cuda:0`` for a single process; ``local rank % GPUs`` for the ranks of
+        an MPI job) if it is usable, otherwise the CPU, logging why once. ``"cuda"`` names that device too.
 
     Raises
     ------
@@ -296,15 +326,16 @@ def resolve(device="auto") -> Backend:
     if spec == "cpu":
         return CPU
     if spec == "auto":
-        ok, why = cuda_status(0)
+        index = default_cuda_index()
+        ok, why = cuda_status(index)
         if ok:
-            return _cuda_backend(0)
+            return _cuda_backend(index)
         if why not in _announced:
             _announced.add(why)
             log.info("gpunet: using the CPU (%s)", why)
         return CPU
     if spec == "cuda" or spec == "gpu":
-        return _cuda_backend(0)
+        return _cuda_backend(default_cuda_index())
     if spec.startswith("cuda:"):
         try:
             index = int(spec[5:])

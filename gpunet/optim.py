@@ -11,6 +11,7 @@ Regularization" (AdamW), ICLR 2019; Sutskever et al. 2013 (Nesterov momentum as 
 from __future__ import annotations
 
 import abc
+import copy
 import math
 import weakref
 
@@ -49,8 +50,9 @@ class Optimizer(abc.ABC):
         self.lr = checks.check_hyper("lr", lr, low=0.0, low_open=True)
         #: the step count and state buffers (:class:`OptimizerState`)
         self.opt_state = OptimizerState()
-        self._owner = None
+        self._owner = None  # a weak reference to the parameter buffer the state belongs to (None: never bound)
         self._bound_size = None  # the length of the parameter buffer the state was made for
+        self._copied_from = None  # a weak reference to the instance this one was copied from (for_params)
 
     # the two halves of opt_state under their torch.optim-style names
     @property
@@ -69,15 +71,45 @@ class Optimizer(abc.ABC):
     def step_count(self, value):
         self.opt_state.step = int(value)
 
-    def bind(self, params):
-        """Allocate zeroed state like ``params`` unless this optimizer's state already belongs to them.
+    def keeps_state(self, params):
+        """Whether :meth:`bind` of ``params`` keeps this optimizer's state: the state was made for ``params``
+        (or, read from a file and not bound since, for a buffer of their length) and has every buffer. State
+        whose parameters are gone (their model was garbage-collected) is never kept for new ones."""
+        if self._owner is None:
+            mine = self._bound_size == params.shape[0]
+        else:
+            mine = self._owner() is params
+        return mine and self._bound_size == params.shape[0] and all(k in self.state for k in self.state_names)
 
-        An instance that last trained another model's parameters starts afresh here (its moments and
-        step count describe the other model), so one instance can be passed to several models in turn."""
+    def belongs_to_other(self, params):
+        """Whether this optimizer's state belongs to another live parameter buffer than ``params``."""
         owner = self._owner() if self._owner is not None else None
-        size = self._bound_size
-        same = owner is params or (owner is None and size == params.shape[0])
-        if same and size == params.shape[0] and all(k in self.state for k in self.state_names):
+        return owner is not None and owner is not params
+
+    def for_params(self, params, current=None):
+        """The optimizer that trains ``params`` when this instance is passed to ``fit``.
+
+        An optimizer belongs to the model it first trains (as in PyTorch, where it is built on one model's
+        parameters, and Keras, where it is built for one set of variables). Passed to another model while
+        that one lives, it is a template: the other model gets its own copy (same class and
+        hyper-parameters, fresh state), once: when ``current``, that model's optimizer, is already this
+        instance's copy, its state goes on (with the instance's hyper-parameters as they are now). The first
+        model keeps the instance and its state untouched. Nothing is changed here: ``fit`` adopts the result."""
+        if not self.belongs_to_other(params):
+            return self
+        twin = copy.copy(self)
+        twin.opt_state, twin._owner, twin._bound_size = OptimizerState(), None, None
+        origin = getattr(current, "_copied_from", None)
+        if origin is not None and origin() is self and not current.belongs_to_other(params):
+            twin.opt_state, twin._owner, twin._bound_size = current.opt_state, current._owner, current._bound_size
+        twin._copied_from = weakref.ref(self)
+        return twin
+
+    def bind(self, params):
+        """Allocate zeroed state like ``params`` unless this optimizer's state already belongs to them
+        (:meth:`keeps_state`). ``fit`` never binds an instance whose state belongs to another live model
+        (:meth:`for_params` gives that model a copy)."""
+        if self.keeps_state(params):
             self._owner = weakref.ref(params)
             return
         self._owner = weakref.ref(params)

@@ -48,18 +48,27 @@ else:
 def _numba_cache_dir():
     """Where gpunet's compiled kernels are cached: ``$NUMBA_CACHE_DIR`` when the user set it, else
     ``$XDG_CACHE_HOME/gpunet/numba`` (``~/.cache/gpunet/numba``); ``None`` (no caching, compile once per
-    process) when that cannot be written, e.g. a read-only container running as ``nobody``. Never the
-    installed package: Numba's default in-tree cache (``gpunet/__pycache__``) outlives ``pip uninstall``
-    and a reinstall, and then shadows the package."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return os.environ["NUMBA_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "gpunet", "numba")
+    process) when that folder cannot be written, e.g. a read-only container running as ``nobody``: an
+    unwritable ``$NUMBA_CACHE_DIR`` is said once, as a warning. Never the installed package: Numba's own
+    fallback for a cache folder it cannot write is the in-tree cache (``gpunet/ops/__pycache__``,
+    ``numba/core/caching.py``: ``InTreeCacheLocator`` follows ``UserProvidedCacheLocator``), which outlives
+    ``pip uninstall`` and a reinstall and then shadows the package; and where no locator can write, the
+    ``njit(cache=True)`` decorator raises ``RuntimeError`` and ``import gpunet`` would fail with it."""
+    user = os.environ.get("NUMBA_CACHE_DIR")
+    if user:
+        path = user
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.join(base, "gpunet", "numba")
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path):
             pass
-    except OSError:
+    except OSError as exc:
+        (log.warning if user else log.info)(
+            "gpunet: cannot write the Numba cache folder %s%s (%s: %s); compiling gpunet's CPU kernels without a "
+            "cache (once per process)", path, " ($NUMBA_CACHE_DIR)" if user else "", type(exc).__name__,
+            exc.strerror or exc)
         return None
     return path
 
@@ -83,11 +92,31 @@ def _njit(**kwargs):
     return numba.njit(cache=CACHE_DIR is not None, **kwargs)
 
 
+def _stop_caching(exc):
+    """A call of a gpunet kernel failed to read or write its cache (the folder was removed, replaced or
+    filled up after import): from now on every gpunet kernel compiles without a cache, said once. Numba's
+    ``Dispatcher`` starts with a ``NullCache`` that ``enable_caching`` replaces (``numba/core/dispatcher.py``);
+    this puts it back. The failed call compiled but ran nothing (jitted code does no file I/O, and Numba
+    reads and writes the cache before it runs the code), so the caller runs it again. Returns False when
+    caching was already off: the error is not the cache's."""
+    global CACHE_DIR
+    if CACHE_DIR is None:
+        return False
+    log.warning("gpunet: cannot use the Numba cache folder %s any more (%s: %s); compiling gpunet's CPU kernels "
+                "without a cache (once per process)", CACHE_DIR, type(exc).__name__, exc.strerror or exc)
+    CACHE_DIR = None
+    for kernel in _KERNELS:
+        kernel._cache = NullCache()
+    return True
+
+
 
 mlp_step = None
 
 if numba is not None:
     import math
+
+    from numba.core.caching import NullCache
 
     _previous_cache_dir = _redirect_cache()
 
@@ -144,14 +173,26 @@ if numba is not None:
         """Fused Adam/AdamW update of the flat buffers ``p, g, m, v`` (and ``vmax``), in place; the bias
         corrections come from :meth:`gpunet.optim.Adam.step`."""
         t = p.dtype.type
-        _adam(p, g, m, v, vmax if amsgrad else m, t(lr), t(beta1), t(beta2), t(eps), t(weight_decay),
-              t(step_size), t(bc2_sqrt), bool(amsgrad), bool(decoupled), t(np.finfo(t).tiny))
+        args = (p, g, m, v, vmax if amsgrad else m, t(lr), t(beta1), t(beta2), t(eps), t(weight_decay),
+                t(step_size), t(bc2_sqrt), bool(amsgrad), bool(decoupled), t(np.finfo(t).tiny))
+        try:
+            _adam(*args)
+        except OSError as exc:  # the cache, at the compiling call (see _stop_caching)
+            if not _stop_caching(exc):
+                raise
+            _adam(*args)
 
     def sgd_step(p, g, buf, *, lr, momentum, dampening, weight_decay, nesterov, first):
         """Fused SGD (momentum, Nesterov, coupled weight decay) update, in place."""
         t = p.dtype.type
-        _sgd(p, g, buf if buf is not None else p, t(lr), t(momentum), t(dampening), t(weight_decay),
-             bool(nesterov), bool(first))
+        args = (p, g, buf if buf is not None else p, t(lr), t(momentum), t(dampening), t(weight_decay),
+                bool(nesterov), bool(first))
+        try:
+            _sgd(*args)
+        except OSError as exc:  # the cache, at the compiling call (see _stop_caching)
+            if not _stop_caching(exc):
+                raise
+            _sgd(*args)
 
     # ------------------------------------------------------------------ the whole training step
     @numba.njit(inline="always")
@@ -323,9 +364,19 @@ if numba is not None:
         ``buffers``: (acts, deltas, z, yb) flat arrays for batches of up to ``rows`` samples.
         """
         acts, deltas, z, yb = buffers
-        value, correct = _mlp_step(X, Y, idx, sizes, rows, params, grads, acts, deltas, z, yb, ACT_CODES[hidden],
-                                   ACT_CODES[out_act], LOSS_CODES[loss])
-        _mlp_backward(sizes, rows, idx.size, params, grads, acts, deltas, ACT_CODES[hidden])
+        forward = (X, Y, idx, sizes, rows, params, grads, acts, deltas, z, yb, ACT_CODES[hidden], ACT_CODES[out_act],
+                   LOSS_CODES[loss])
+        backward = (sizes, rows, idx.size, params, grads, acts, deltas, ACT_CODES[hidden])
+        try:
+            value, correct = _mlp_step(*forward)
+            _mlp_backward(*backward)
+        except OSError as exc:  # the cache, at a compiling call (see _stop_caching): both calls again
+            if not _stop_caching(exc):
+                raise
+            value, correct = _mlp_step(*forward)
+            _mlp_backward(*backward)
         return value, correct
+
+    _KERNELS = (_adam, _sgd, _offsets, _mlp_step, _mlp_backward)
 
     numba.config.CACHE_DIR = _previous_cache_dir  # gpunet's kernels are decorated: the user's setting back

@@ -65,7 +65,9 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     batch_size : int >= 1
         Samples per step; the last batch of an epoch holds the remainder.
     optimizer : Optimizer or {"adam", "adamw", "sgd"} or None
-        ``None`` continues with the model's previous optimizer (state included), else Adam().
+        ``None`` continues with the model's previous optimizer (state included), else Adam(). An instance
+        that trained another model, still alive, stays that model's: this one trains with its own copy
+        (same hyper-parameters, fresh state; :meth:`gpunet.optim.Optimizer.for_params`).
     loss : {"mse", "mae", "cross_entropy", "binary_cross_entropy"} or None
         Default from the output activation: softmax -> cross_entropy, sigmoid -> binary_cross_entropy,
         otherwise mse.
@@ -124,7 +126,7 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     if optimizer is None:
         opt = model.optimizer if model.optimizer is not None else optim.Adam()
     else:
-        opt = optim.get(optimizer)
+        opt = optim.get(optimizer).for_params(model.params, model.optimizer)  # another model's: a copy
     Xd, Yd = model.upload(X, y, loss)
     Wd = model.upload_weights(sample_weight, Xd.shape[0])
     if distributed and checks.is_sparse(X):

@@ -394,3 +394,48 @@ def fake_capture(stream, body):
     finally:
         CAPTURE.on = False
     return FakeGraph(body), None
+
+
+class FakeNodeArray(FakeCupyArray):
+    """A FakeCupyArray read back as CuPy's are (``.get()``), whose operators and reductions stay on the
+    'device' (0-d arrays, not NumPy scalars): what the device probe's smoke test needs."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        out = super().__array_ufunc__(ufunc, method, *inputs, **kwargs)
+        return np.asarray(out).view(FakeNodeArray) if isinstance(out, (np.ndarray, np.generic)) else out
+
+    def get(self):
+        return np.array(self.view(np.ndarray))
+
+
+class FakeNode(FakeCupy):
+    """CuPy on a node with ``count`` GPUs, for device resolution: ``cuda.is_available``,
+    ``cuda.runtime.getDeviceCount``/``getDeviceProperties`` and ``cuda.Device(i)``, which records in
+    ``entered`` every device made current (the probe's smoke test runs inside one)."""
+
+    def __init__(self, count):
+        super().__init__()
+        node, self.entered = self, []
+
+        class Device(FakeDevice):
+            def __init__(self, i=0):
+                self.id = i
+
+            def __enter__(self):
+                node.entered.append(self.id)
+                return self
+
+        self.cuda.is_available = lambda: count > 0
+        self.cuda.Device = Device
+        self.cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: count,
+                                                  getDeviceProperties=lambda i: {"name": f"Fake GPU {i}".encode()})
+
+    def __getattr__(self, name):
+        attr = super().__getattr__(name)
+        if not callable(attr) or isinstance(attr, type):
+            return attr
+
+        def wrapped(*args, **kwargs):
+            out = attr(*args, **kwargs)
+            return out.view(FakeNodeArray) if isinstance(out, np.ndarray) else out
+        return wrapped

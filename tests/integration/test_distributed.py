@@ -135,6 +135,21 @@ def test_without_mpi_init_distributed_fit_is_one_rank():
         np.testing.assert_array_equal(u, v)
 
 
+def test_the_fingerprint_covers_the_optimizer_state_a_fit_continues():
+    """A model that continues its optimizer (or one read from a file) puts the step count and a hash of
+    the state into the ranks' agreement; a new optimizer is "fresh"."""
+    from gpunet import distributed
+
+    X, y = data()
+    m, _ = single(X, y)
+    Xd, Yd = m.upload(X, y, m.loss)
+
+    def state(opt):
+        return distributed.fingerprint(m, opt, m.loss, Xd, Yd, 32, 1, True, False)["optimizer state"]
+    assert state(m.optimizer).startswith("step 14 blake2b:")
+    assert state(gn.Adam(lr=0.01)) == "fresh"
+
+
 def test_cli_train_distributed_equals_one_process(tmp_path):
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1",
                OPENBLAS_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -211,6 +226,46 @@ def test_the_same_error_on_every_rank_is_raised_on_every_rank(tmp_path):
     assert seconds < 30  # did not wait out the 10 s default timeout and abort
 
 
+@pytest.mark.parametrize("mode, says", [
+    ("no-fit", "distributed fit: rank 1 ended without calling fit(distributed=True)"),
+    ("swallowed", "distributed fit: rank 1 ended without calling fit(distributed=True)"),
+    ("swallowed-guarded", "distributed fit: rank 1 failed before training (OSError: cannot read the data on rank 1)"),
+])
+def test_a_rank_that_never_calls_fit_ends_the_job_within_seconds(tmp_path, mode, says):
+    """rank 0 calls fit(distributed=True), rank 1 never does: it just ends, or raises an error in its own
+    try/except and carries on to its end (without or inside dist.guard()). rank 1's exit (or its guard)
+    takes part in rank 0's setup agreement, so rank 0 raises naming rank 1 and the job ends, never a hang."""
+    proc, seconds = mpirun(2, mode, str(tmp_path / "x.npz"), timeout=60)
+    assert proc.returncode != 0
+    assert says in proc.stderr and "rank 0 of 2 failed (DistributedError)" in proc.stderr, proc.stderr[-3000:]
+    assert "rank 0: trained" not in proc.stdout and "rank 1: done" in proc.stdout, proc.stdout
+    assert seconds < 30
+
+
+def test_a_rank_that_never_comes_aborts_the_job_after_the_setup_timeout(tmp_path):
+    """rank 1 is alive but never reaches fit (stuck for 10 minutes): rank 0 waits for it at most
+    GPUNET_DISTRIBUTED_SETUP_TIMEOUT seconds in the setup agreement, then aborts every rank with one line."""
+    proc, seconds = mpirun(2, "stuck", str(tmp_path / "x.npz"), timeout=60, GPUNET_DISTRIBUTED_SETUP_TIMEOUT="3")
+    assert proc.returncode != 0
+    assert ("gpunet: rank 0 of 2 failed waiting for the other ranks (TimeoutError: not every rank came to the setup "
+            "of a distributed fit within 3 s") in proc.stderr, proc.stderr[-3000:]
+    assert "rank 0: trained" not in proc.stdout and "rank 1: done" not in proc.stdout
+    assert 3 <= seconds < 30
+
+
+@pytest.mark.parametrize("finalize", [False, True])
+def test_every_rank_ending_without_a_fit_passes_the_exit_agreement_at_once(tmp_path, finalize):
+    """The exit agreement costs nothing when every rank ends normally: a job that never trains (both
+    ranks called dist.init()) exits 0 promptly, also where the script calls MPI.Finalize() itself."""
+    script = tmp_path / "idle.py"
+    script.write_text("import gpunet.distributed as dist\nrank, size = dist.init()\nprint(f'rank {rank} of {size}')\n"
+                      + ("from mpi4py import MPI\nMPI.Finalize()\n" if finalize else ""))
+    proc, seconds = launch(2, [sys.executable, str(script)], timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(proc.stdout.split("\n"))[-2:] == ["rank 0 of 2", "rank 1 of 2"]
+    assert seconds < 30
+
+
 def _cli(tmp_path, *argv, who=None, timeout=90, **env):
     """``gpunet ARGV`` under ``mpirun -n 2`` with the ranks' temporary folders in tmp_path/tmp."""
     tmp = tmp_path / "tmp"
@@ -277,7 +332,7 @@ def test_init_selects_the_local_ranks_gpu(monkeypatch, count, local_rank, expect
     COMM_WORLD by shared memory (node): NCCL refuses two ranks on one GPU. Fake MPI and CuPy."""
     import types
 
-    from gpunet import distributed
+    from gpunet import backend, distributed
 
     used = []
 
@@ -301,9 +356,13 @@ def test_init_selects_the_local_ranks_gpu(monkeypatch, count, local_rank, expect
                                                                              COMM_TYPE_SHARED="shared"))
     monkeypatch.setattr(distributed, "_state", dict(distributed._state, comm=None, hook=True))
     monkeypatch.delenv("GPUNET_DEVICE", raising=False)
+    monkeypatch.setenv("GPUNET_LOCAL_RANK", "")  # restored (unset) after the test
+    monkeypatch.delenv("GPUNET_LOCAL_RANK")
     assert distributed.init() == (5, 8)
     assert used == ([] if expected is None else [expected])
     assert distributed.local_rank() == local_rank
+    # and backend.resolve learns it: device "auto"/"cuda" is the same GPU (tests/unit/test_backend.py)
+    assert os.environ["GPUNET_LOCAL_RANK"] == str(local_rank) and backend.local_rank() == local_rank
     # a CPU-only run says so: no device is made current
     used.clear()
     monkeypatch.setattr(distributed, "_state", dict(distributed._state, comm=None, hook=True))

@@ -2,6 +2,7 @@
 step), then the editable dev install. Numba's cache must not land in the installed package (it used to,
 survived the reinstall and shadowed the package: ``cannot import name '__version__'``)."""
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -60,3 +61,36 @@ def test_unwritable_cache_still_trains(tmp_path):
         (ro / "cache").write_text("not a folder")
     out = run([sys.executable, "-c", code], env=env, cwd=tmp_path).split()
     assert out == ["None", "True"]
+
+
+@pytest.mark.parametrize("when", ["at import", "after import"])
+def test_an_unwritable_numba_cache_dir_still_trains_and_says_so_once(tmp_path, when):
+    """$NUMBA_CACHE_DIR cannot be written (at import: a path under a file, so even root cannot; after import:
+    the folder replaced by a file), and the package folder is read-only (its __pycache__ a file): training
+    still compiles the fused step and optimizer and runs, one warning says the kernels are not cached, and
+    nothing is written into the package."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(ROOT / "gpunet", pkg / "gpunet", ignore=shutil.ignore_patterns("__pycache__", "data"))
+    for folder in [pkg / "gpunet", *(p for p in (pkg / "gpunet").rglob("*") if p.is_dir())]:
+        (folder / "__pycache__").write_text("a read-only package")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    cache = blocker / "numba" if when == "at import" else tmp_path / "numba"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), XDG_CACHE_HOME=str(blocker), HOME=str(blocker),
+               PYTHONPATH=str(pkg), PYTHONDONTWRITEBYTECODE="1")
+    replace = ("import shutil; shutil.rmtree(ck.CACHE_DIR); open(ck.CACHE_DIR, 'w').write('x'); "
+               if when == "after import" else "")
+    code = ("import numpy as np, gpunet as gn, gpunet.ops.numba_kernels as ck; " + replace +
+            "X = np.linspace(-1, 1, 40).reshape(-1, 1); "
+            "h = gn.MLP([1, 8, 1], 'tanh', seed=0).fit(X, X, epochs=2, verbose=0); "
+            "h2 = gn.MLP([1, 8, 1], 'tanh', seed=0).fit(X, X, epochs=1, optimizer=gn.SGD(momentum=0.9), verbose=0); "
+            "print(ck.CACHE_DIR, h.fast_paths['fused_step']['live'], h.fast_paths['fused_optimizer']['live'], "
+            "np.isfinite(h.history['loss']).all())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["None", "True", "True", "True"], proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Numba cache folder" in lines[0] and str(cache) in lines[0], proc.stderr
+    assert "without a cache" in lines[0] and "fused CPU step unavailable" not in proc.stderr
+    assert not [p for p in pkg.rglob("*") if p.suffix in (".nbi", ".nbc")], "Numba cache inside the package"

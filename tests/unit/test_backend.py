@@ -218,3 +218,36 @@ def test_set_tf32_sets_cupys_compute_type_once_cupy_is_imported(monkeypatch):
     assert calls == [(np.float32, 7)] and backend.tf32_effective() is True and os.environ["CUPY_TF32"] == "1"
     backend.set_tf32(False)
     assert backend.tf32_effective() is False
+
+
+@pytest.mark.parametrize("env, gpus, expected", [
+    ({}, 4, "cuda:0"),                                            # one process: the first GPU
+    ({"OMPI_COMM_WORLD_LOCAL_RANK": "5"}, 4, "cuda:1"),           # Open MPI's local rank, mod the GPU count
+    ({"MPI_LOCALRANKID": "2"}, 4, "cuda:2"),                      # MPICH / Intel MPI
+    ({"SLURM_LOCALID": "3"}, 2, "cuda:1"),                        # srun
+    ({"GPUNET_LOCAL_RANK": "3", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}, 4, "cuda:3"),  # gpunet.distributed.init()'s
+    ({"OMPI_COMM_WORLD_LOCAL_RANK": "3"}, 1, "cuda:0"),           # one visible GPU per rank
+    ({"OMPI_COMM_WORLD_LOCAL_RANK": "x"}, 4, "cuda:0"),           # not a number: ignored
+])
+def test_auto_and_cuda_pick_the_local_ranks_gpu(monkeypatch, env, gpus, expected):
+    """Under MPI on a node with several GPUs, device "auto" and "cuda" name GPU local_rank % n_gpus (the fake
+    CuPy of a node with that many GPUs), probed on that device; an explicit "cuda:N" and
+    $GPUNET_DEVICE=cpu still win."""
+    from fakes.cuda import FakeNode
+
+    node = FakeNode(gpus)
+    monkeypatch.setattr(backend, "import_cupy", lambda: node)
+    backend._cached_cuda_backend.cache_clear()
+    for name in backend.LOCAL_RANK_VARIABLES + ("GPUNET_DEVICE",):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        auto, cuda = backend.resolve("auto"), backend.resolve("cuda")
+        assert auto.name == cuda.name == expected and auto.kind == "cupy"
+        assert auto.device.id == int(expected[5:]) and node.entered == [int(expected[5:])]  # the probe ran there
+        assert backend.resolve("cuda:0").name == "cuda:0"
+        monkeypatch.setenv("GPUNET_DEVICE", "cpu")
+        assert backend.resolve("auto") is backend.CPU
+    finally:
+        backend._cached_cuda_backend.cache_clear()

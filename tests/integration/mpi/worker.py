@@ -9,7 +9,10 @@ rank prints what its fit raised (or "trained") and exits normally.
 MODE caught: rank 1's fit fails its own argument check and rank 1 catches it; rank 0 prints what it got.
 MODE caught-in-loop: a callback raises on rank 1 at batch 2 and rank 1 catches it (the job must abort).
 MODE both-in-loop: the callback raises on every rank, every rank catches it, then every rank trains again.
+MODE no-fit / swallowed / swallowed-guarded / stuck: rank 1 never calls fit (it ends at once; it raises and catches
+an error and carries on, without or inside dist.guard(); it sleeps), rank 0 calls fit.
 """
+import contextlib
 import os
 import signal
 import sys
@@ -99,3 +102,20 @@ elif mode in ("caught-in-loop", "both-in-loop"):
         print(f"rank {rank}: caught {exc}", flush=True)
     m.fit(X, y, **kw)
     print(f"rank {rank}: trained again", flush=True)
+elif mode in ("no-fit", "swallowed", "swallowed-guarded", "stuck"):
+    # rank 1 never calls fit: it leaves at once, or after an error it raised and caught itself (reported
+    # with dist.guard(), or not), or it is stuck somewhere else; rank 0 calls fit
+    if rank == 1:
+        if mode == "stuck":
+            import time
+            time.sleep(600)
+        try:
+            with dist.guard() if mode == "swallowed-guarded" else contextlib.nullcontext():
+                if mode != "no-fit":
+                    raise OSError("cannot read the data on rank 1")
+        except OSError as exc:
+            print(f"rank 1: caught {exc}; carrying on without training", flush=True)
+        print("rank 1: done", flush=True)
+    else:
+        net().fit(X, y, **kw)
+        print("rank 0: trained", flush=True)
