@@ -22,30 +22,11 @@ from gpunet import backend as _backend, callbacks as _callbacks, checks, distrib
 from gpunet.errors import DivergenceError, OutOfMemoryError
 from gpunet.nn import losses
 import gpunet.training.cuda_graph as _cuda_graph
+from gpunet.training.arguments import check_monitors, check_validation_data, oom_message, say_once
 from gpunet.training.interrupts import log_handler, progress, stop_on_sigint
 from gpunet.training.state import EpochSnapshot, batch_sizes, split_last
 
 log = logging.getLogger("gpunet")
-
-
-_said = set()
-
-
-def _say_once(message):
-    """Log a fallback once per process (the rule for fast paths that can fall back)."""
-    if message not in _said:
-        _said.add(message)
-        log.info(message)
-
-
-def _check_validation_data(model, validation_data, loss):
-    if validation_data is None:
-        return None
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-        raise ValueError("validation_data must be a pair (X_val, y_val)")
-    if validation_data[1] is None:
-        raise ValueError("validation_data has no targets: pass (X_val, y_val)")
-    return model.upload(validation_data[0], validation_data[1], loss, name="validation_data X")
 
 
 @distributed.guard_fit  # distributed=True: the ranks agree at setup, or stop (gpunet.distributed)
@@ -134,13 +115,13 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
     if Wd is not None and distributed:
         raise ValueError("sample_weight is not supported with distributed=True (each rank would need the global "
                          "weight sum of every batch); fold the weights into the data or train on one process")
-    val = _check_validation_data(model, validation_data, loss)
+    val = check_validation_data(model, validation_data, loss)
     reducer = _distributed_setup(model, opt, loss, Xd, Yd, batch_size, epochs, shuffle, shard) if distributed else None
     if reducer is not None and reducer.rank:  # rank 0 alone logs, validates and writes checkpoints
         verbose, val = 0, None
         callbacks = [c for c in (callbacks or []) if not isinstance(c, _callbacks.ModelCheckpoint)]
     cbs = _callbacks.CallbackList(callbacks, model)
-    _check_monitors(cbs.callbacks, loss, validation_data is not None)
+    check_monitors(cbs.callbacks, loss, validation_data is not None)
     # ---- nothing above changed any state; from here on the model trains ----
     lock = model.fit_lock
     if not lock.acquire(blocking=False):
@@ -151,20 +132,6 @@ def fit(model, X, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, vali
                            cuda_graph, shard, record, Wd)
     finally:
         lock.release()
-
-
-def _check_monitors(cbs, loss, has_validation):
-    """A metric that EarlyStopping or ModelCheckpoint monitors must be one fit will log (checked before
-    the first epoch, not after it)."""
-    logged = {"loss", "lr"} | ({"accuracy"} if loss in losses.CLASSIFICATION else set())
-    if has_validation:
-        logged |= {f"val_{k}" for k in logged - {"lr"}}
-    for cb in cbs:
-        monitor = getattr(cb, "monitor", None)
-        if isinstance(cb, (_callbacks.EarlyStopping, _callbacks.ModelCheckpoint)) and monitor not in logged:
-            hint = " (pass validation_data or validation_split)" if str(monitor).startswith("val_") else ""
-            raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which is not among the logged metrics of "
-                             f"this fit{hint}; it logs {sorted(logged)}")
 
 
 def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size, shuffle, verbose, cuda_graph,
@@ -190,7 +157,7 @@ def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size,
             model.optimizer, model.loss = previous
             if not backend.is_out_of_memory(exc):
                 raise
-            raise OutOfMemoryError(_oom_message(model, trainer.B, "allocating the training buffers")) from None
+            raise OutOfMemoryError(oom_message(model, trainer.B, "allocating the training buffers")) from None
     # every training launch goes to one stream (the graph's when graphs are on: replays stay ordered with
     # the eager work); overflow inside an epoch is reported once, as DivergenceError, not as warnings
     with backend.activate(), trainer.stream(), stop_on_sigint() as interrupted, np.errstate(all="ignore"), \
@@ -207,7 +174,7 @@ def _fit_locked(model, opt, loss, Xd, Yd, val, cbs, reducer, epochs, batch_size,
             except BaseException as exc:  # whatever leaves an epoch (a callback, a second Ctrl-C, OOM): roll back
                 trainer.rollback()
                 if isinstance(exc, Exception) and backend.is_out_of_memory(exc):
-                    raise OutOfMemoryError(_oom_message(model, trainer.B, f"training epoch {epoch + 1}")) from None
+                    raise OutOfMemoryError(oom_message(model, trainer.B, f"training epoch {epoch + 1}")) from None
                 raise
             if logs is None:  # interrupted, rolled back to the start of the epoch
                 trainer.history.interrupted = True
@@ -242,12 +209,6 @@ def _distributed_setup(model, opt, loss, Xd, Yd, batch_size, epochs, shuffle, sh
         raise ValueError(f"shard=True needs batch_size divisible by the number of ranks ({reducer.size}); "
                          f"got {batch_size}")
     return reducer
-
-
-def _oom_message(model, batch_size, when):
-    return (f"out of memory on {model.device} while {when} with batch_size={batch_size} "
-            f"({model.n_params:,} parameters); try a smaller batch_size. The weights are as they were before "
-            f"the failed epoch.")
 
 
 class Trainer:
@@ -293,7 +254,7 @@ class Trainer:
         self.ws = self.model.workspace(self.B)
         self.wb = self.model.zeros((self.B, 1)) if self.Wd is not None else None
         if self.Wd is not None and self.model.ops.status().get("fused_step", {}).get("live"):
-            _say_once("gpunet: sample_weight: weighted batches use the per-layer primitives and the reference loss "
+            say_once("gpunet: sample_weight: weighted batches use the per-layer primitives and the reference loss "
                       "(the fused step takes no per-sample weights)")
         self.snapshot = EpochSnapshot(self.model.zeros, self.model.params, self.opt, [self.model])
         self.graph = self.graph_stream = None

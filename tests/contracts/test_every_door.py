@@ -384,9 +384,9 @@ def test_a_crafted_model_file_is_refused_by_every_cli_door_that_reads_one(tmp_pa
 @pytest.mark.filterwarnings("ignore:Stochastic Optimizer")
 @pytest.mark.parametrize("call", ["fit", "partial_fit", "score"])
 @pytest.mark.parametrize("kind", ["classifier", "regressor"])
-def test_the_estimators_refuse_missing_targets_and_sparse_input_and_change_nothing(kind, call):
-    """The estimators' doors for the two round-one mistakes: y=None is refused naming y, and a sparse
-    matrix with a message that says sparse; a fitted estimator's network is untouched."""
+def test_the_estimators_refuse_missing_targets_and_answer_sparse_input_as_dense(kind, call):
+    """The estimators' doors for the two round-one mistakes: y=None is refused naming y, and changes nothing;
+    a sparse matrix is taken (scikit-learn's estimators take CSR/CSC) and answered as its dense copy."""
     sparse = pytest.importorskip("scipy.sparse")
     from gpunet.sklearn import MLPClassifier, MLPRegressor
 
@@ -398,10 +398,15 @@ def test_the_estimators_refuse_missing_targets_and_sparse_input_and_change_nothi
     extra = {"classes": [0, 1]} if call == "partial_fit" and kind == "classifier" else {}
     with pytest.raises((ValueError, TypeError), match="y|y_true"):
         getattr(est, call)(X, None, **extra)
-    with pytest.raises(TypeError, match="(?i)sparse"):
-        getattr(est, call)(sparse.csr_matrix(X), y, **extra)
-    with pytest.raises(TypeError, match="(?i)sparse"):
-        est.predict(sparse.csr_matrix(X))
     for a, b in zip(est.model_.get_weights(), before):
         np.testing.assert_array_equal(a, b)
     assert est.model_.optimizer.step_count == steps
+    np.testing.assert_array_equal(est.predict(sparse.csr_matrix(X)), est.predict(X))
+    if call == "score":
+        assert est.score(sparse.csr_matrix(X), y) == est.score(X, y)
+    else:
+        twin = (MLPClassifier if kind == "classifier" else MLPRegressor)(hidden_layer_sizes=(4,), max_iter=2,
+                                                                         random_state=0)
+        getattr(twin.fit(X, y), call)(sparse.csr_matrix(X), y, **extra)
+        getattr(est, call)(X, y, **extra)
+        np.testing.assert_allclose(twin.predict(X), est.predict(X), rtol=1e-9, atol=1e-12)
