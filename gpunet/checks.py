@@ -202,7 +202,7 @@ def check_targets(y, n_samples, n_outputs, loss, name="y"):
     return arr.astype(np.float64)
 
 
-def check_standardisation(mean, scale, n_features, where="model"):
+def check_standardisation(mean, scale, n_features, where="model", dtype=None):
     """``input_mean``/``input_scale``: None or finite float64 arrays of shape (n_features,), scale > 0.
     Returns both as arrays (a missing one is the identity: zeros / ones)."""
     out = []
@@ -217,6 +217,13 @@ def check_standardisation(mean, scale, n_features, where="model"):
         out.append(arr)
     if (out[1] <= 0).any():
         raise ValueError(f"{where} input_scale must be > 0 everywhere, got {out[1].min():g}")
+    if dtype is not None:  # the values as the device holds them: a scale of 1e-40 is 0 (or subnormal) in float32
+        info = np.finfo(np.dtype(dtype))
+        small = out[1] < float(info.tiny)
+        if small.any() or (np.abs(out[0]) > float(info.max)).any() or (out[1] > float(info.max)).any():
+            j = int(np.argmax(small)) if small.any() else int(np.argmax(np.abs(out[0]) + out[1]))
+            raise ValueError(f"{where} standardisation of input {j} (mean {out[0][j]:.3g}, scale {out[1][j]:.3g}) is "
+                             f"not representable in {np.dtype(dtype)}: rescale the column or use dtype='float64'")
     return out[0], out[1]
 
 

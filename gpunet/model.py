@@ -106,6 +106,9 @@ class MLP:
         #: the original class labels (host 1-D array, strings or numbers) or None: targets given to
         #: fit/evaluate/score are mapped through it, predict_classes returns them
         self.classes = None
+        #: the table schema (:class:`gpunet.tabular.Schema`) or None: with one, inputs are tables whose columns are
+        #: selected by name, imputed and one-hot encoded on the device before the standardisation; stored in the file
+        self.schema = None
         self._workspaces = {}
         #: held by fit: one training call at a time per model (predict/evaluate may run meanwhile)
         self.fit_lock = threading.Lock()
@@ -279,7 +282,9 @@ class MLP:
         if targets and y is None:
             what = "y" if name == "X" else f"the {name.rpartition(' X')[0] or name} targets"
             raise ValueError(f"{what} is required: pass the targets as well as the inputs (got None)")
-        if self.backend.kind == "cupy" and checks.is_device_array(X):
+        if self.schema is not None:
+            Xh, Xd = self._upload_table(X, name)
+        elif self.backend.kind == "cupy" and checks.is_device_array(X):
             Xd = self.backend.adopt(X, self.layer_sizes[0], self.dtype, name)  # stays on the device
             Xh = Xd  # only its shape is read below
         else:
@@ -296,11 +301,20 @@ class MLP:
         checks.check_fits(yname, Yh, self.dtype)
         return Xd, self.backend.to_device(Yh, self.dtype)
 
+    def _upload_table(self, X, name):
+        """A table through the schema: columns by name to codes on the host, imputation and one-hot on the device."""
+        if self.schema.width() != self.layer_sizes[0]:
+            raise ValueError(f"the schema gives {self.schema.width()} inputs but the network takes {self.layer_sizes[0]}")
+        R = self.schema.codes(X, name, self.dtype)
+        Rd = self.backend.to_device(R, self.dtype)
+        with self.backend.activate():
+            return R, self.schema.expand(Rd, self.backend.to_device, self.dtype)
+
     def _standardise(self, Xd):
         """``(Xd - input_mean) / input_scale`` on the device (a new array: the upload may share the
         caller's host memory on the CPU)."""
         n = self.layer_sizes[0]
-        mean, scale = checks.check_standardisation(self.input_mean, self.input_scale, n)
+        mean, scale = checks.check_standardisation(self.input_mean, self.input_scale, n, dtype=self.dtype)
         with self.backend.activate():
             return (Xd - self.backend.to_device(mean.reshape(1, n), self.dtype)) / \
                 self.backend.to_device(scale.reshape(1, n), self.dtype)
