@@ -199,19 +199,53 @@ def plot_scatter(y_true, y_pred, path, title="predicted vs true", name=None):
 
 
 def plot_compare(results, path, metric="loss", title="comparison"):
-    """Bar chart of mean +- std of ``metric`` per configuration (``results``: list of dicts with
-    ``name``, ``<metric>_mean``, ``<metric>_std``)."""
+    """Grouped bars of mean +- std per configuration: validation and test ``metric`` (``results``: dicts with
+    ``name`` and ``<metric>_mean``/``_std``, and ``val_<metric>_mean``/``_std`` where a validation set was scored)."""
     names = [r["name"] for r in results]
-    means = [r[f"{metric}_mean"] for r in results]
-    stds = [r[f"{metric}_std"] for r in results]
-    fig = _figure(width=max(6.4, 1.1 * len(names)))
+    series = [(label, prefix) for label, prefix in (("validation", "val_"), ("test", ""))
+              if all(f"{prefix}{metric}_mean" in r for r in results)]
+    fig = _figure(width=max(6.4, 1.3 * len(names)))
     ax = fig.subplots()
-    ax.bar(range(len(names)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+    width = 0.8 / max(len(series), 1)
+    for i, (label, prefix) in enumerate(series):
+        means = [r[f"{prefix}{metric}_mean"] for r in results]
+        stds = [r[f"{prefix}{metric}_std"] for r in results]
+        xs = np.arange(len(names)) + (i - (len(series) - 1) / 2) * width
+        bars = ax.bar(xs, means, width, yerr=stds, capsize=4, alpha=0.85, label=label)
+        ax.bar_label(bars, labels=[f"{m:.3g}" for m in means], fontsize=7, padding=2)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel=metric, title=title)
-    if metric.endswith("loss") and min(means) > 0:
+    if metric.endswith("loss") and all(r[f"{p}{metric}_mean"] > 0 for r in results for _, p in series):
         ax.set_yscale("log")
     ax.grid(True, axis="y", alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_compare_curves(results, path, title="loss per epoch"):
+    """Every configuration's mean training loss per epoch (solid) and validation loss (dashed, where recorded)
+    over its runs, in one plot."""
+    fig = _figure(width=7.2, height=4.6)
+    ax = fig.subplots()
+    positive = True
+    for i, r in enumerate(results):
+        colour = f"C{i % 10}"
+        for key, style in (("loss", "-"), ("val_loss", "--")):
+            curves = [run["history"].get(key) for run in r["runs"] if run.get("history", {}).get(key)]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            mean = np.mean([c[:n] for c in curves], axis=0)
+            positive = positive and bool((mean > 0).all())
+            ax.plot(np.arange(1, n + 1), mean, style, color=colour,
+                    label=f"{r['name']} ({'training' if key == 'loss' else 'validation'})")
+    ax.set(xlabel="epoch", ylabel="loss", title=title)
+    _integer_epochs(ax)
+    if positive and ax.lines:
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
     return _save(fig, path)
 
 

@@ -200,3 +200,48 @@ def score_report(model, X, y):
     if model.output_activation in ("softmax", "sigmoid"):
         return {}
     return metrics.regression_report(y, model.predict(X))
+
+
+def _encoded(cfg, data, train, val, test):
+    """A view of a --data run for compare: the schema and standardisation fitted on ``train`` rows only, the rows
+    of each part encoded by it into numeric arrays (as the model's door would encode them)."""
+    schema = tabular.Schema.fit(data.table, data.features, train, target=data.target,
+                                impute=not cfg.get("no_impute"), encode=not cfg.get("no_encode"),
+                                max_categories=cfg.get("max_categories") or tabular.MAX_CATEGORIES,
+                                categorical=cfg.get("categorical") or ())
+    host = lambda a, dt: np.asarray(a, dtype=dt)  # noqa: E731
+    part = lambda rows: (schema.expand(schema.codes(data.table.take(rows), "the table"), host, "float64"),  # noqa: E731
+                         data.y[rows])
+    tr, va, te = part(train), part(val), part(test) if len(test) else None
+    mean, scale = tabular.standardisation(tr[0])
+    view = Data(tr, va, te if te is not None else va, schema.width(), data.n_outputs, data.classes, mean, scale,
+                "validation", "test" if te is not None else "validation", schema.input_names(), data.target)
+    return view
+
+
+def validation_view(cfg, data):
+    """compare without --folds: the run's validation split (carved from the training data)."""
+    if data.table is not None:
+        tr, va, te = data.rows
+        return _encoded(cfg, data, tr, va, te)
+    return data
+
+
+def fold_views(cfg, data, k):
+    """compare --folds K: K views whose validation parts are the folds of the rows outside the test split
+    (stratified for classes, seeded by --split-seed); each fits its own preprocessing on its training part."""
+    seed = cfg.get("split_seed", 0)
+    if data.table is not None:
+        tr, va, te = data.rows
+        pool = np.concatenate([tr, va])
+        strata = data.y[pool] if data.classes is not None else None
+        return [_encoded(cfg, data, a, b, te) for a, b in tabular.folds(pool, k, seed, strata)]
+    X, y = data.train
+    strata = y if data.classes is not None and np.asarray(y).ndim == 1 else None
+    views = []
+    for a, b in tabular.folds(np.arange(len(X)), k, seed, strata):
+        view = Data((X[a], y[a]), (X[b], y[b]), data.test, data.n_features, data.n_outputs, data.classes,
+                    data.mean, data.scale, "validation", data.test_label)
+        view.builtin_classes = getattr(data, "builtin_classes", False)
+        views.append(view)
+    return views

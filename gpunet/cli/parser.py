@@ -137,8 +137,13 @@ def add_train_args(t):
 def add_compare_args(c):
     _add_model_args(c)
     c.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
-                   help="a setting to vary, e.g. hidden_activation=relu,sigmoid (repeatable: the grid is crossed)")
+                   help="a setting to vary, e.g. hidden_activation=relu,sigmoid or hidden=64,128:64 (hidden widths "
+                        "only; repeatable: the grid is crossed, each key once)")
     c.add_argument("--seeds", type=_positive_int, default=3, help="seeds per configuration")
+    c.add_argument("--folds", type=_positive_int, help="K-fold cross-validation over the rows outside the test split "
+                   "(stratified for classes): mean ± std over folds and seeds on validation")
+    c.add_argument("--validation-split", type=_fraction, help="without --folds: the fraction of the training data "
+                   "the configurations are compared on (default: 0.1); the test set is only reported")
     c.add_argument("--record", choices=["epoch", "batch"], default="epoch",
                    help="'batch' keeps every step's training loss in compare.json (one-pass runs)")
     c.add_argument("--out", required=True, help="folder for compare.json, compare.md and compare.png")

@@ -143,6 +143,11 @@ def cmd_evaluate(args):
 def cmd_export(args):
     model, path, _ = _load_model(args.model, "cpu")
     out = model.to_onnx(args.onnx)
-    print(f"wrote {out} (ONNX opset 17, {model.n_params:,} parameters, input X ({model.layer_sizes[0]} features), "
-          f"output Y ({model.layer_sizes[-1]}))")
+    if model.schema is not None:
+        num, cat = model.schema.numeric_names(), model.schema.categorical_names()
+        shown = (f"input X ({len(num)} numeric columns, NaN where missing)" if num else "") + \
+            (f"{', ' if num else ''}input C ({len(cat)} text columns: {', '.join(cat)}; '' where missing)" if cat else "")
+    else:
+        shown = f"input X ({model.layer_sizes[0]} features)"
+    print(f"wrote {out} (ONNX opset 17, {model.n_params:,} parameters, {shown}, output Y ({model.layer_sizes[-1]}))")
     return 0

@@ -258,7 +258,7 @@ class Schema:
         extra = [n for n in names if n not in set(self.names) and n != self.target]
         if extra:
             warnings.warn(f"{where}: ignored {len(extra)} column(s) the model does not use: {_names(extra)}",
-                          TableWarning, stacklevel=3)
+                          TableWarning, stacklevel=5)
         cols = [get(n) for n in self.names]
         n = len(cols[0]) if cols else 0
         R = np.empty((n, len(self.names)))
@@ -294,7 +294,7 @@ class Schema:
                             f"and cannot fill them")
         if unseen:
             warnings.warn(f"{where}: categories never seen in training, encoded as all zeros: {'; '.join(unseen)}",
-                          TableWarning, stacklevel=3)
+                          TableWarning, stacklevel=5)
         return R
 
     # ------------------------------------------------------------------ the device stage
