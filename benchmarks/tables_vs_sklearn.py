@@ -57,7 +57,7 @@ def sklearn_scores(path, target, seed=0):
     tr, _, te = tabular.split_indices(len(y), 0.2, 0.0, seed, y if classes is not None else None)
     frame = pd.read_csv(path, dtype={target: str})
     X = frame.drop(columns=[target])
-    text = [c for c in X.columns if X[c].dtype == object]
+    text = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]  # pandas 3: "str", not object
     num = [c for c in X.columns if c not in text]
     pre = ColumnTransformer([("num", SimpleImputer(strategy="median", add_indicator=True), num),
                              ("cat", OneHotEncoder(handle_unknown="ignore", max_categories=20), text)])

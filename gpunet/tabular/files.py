@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,23 +174,84 @@ def _read_csv(p, text_columns):
         ragged.append(row)
         return "error"
 
-    try:
-        table = pacsv.read_csv(
-            p, read_options=pacsv.ReadOptions(column_names=arrow_names, skip_rows=first_line + (1 if header else 0)),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid,
-                                              ignore_empty_lines=True),
-            convert_options=pacsv.ConvertOptions(
-                null_values=NULLS, strings_can_be_null=True, true_values=[], false_values=[],
-                column_types={arrow_names[j]: pa.string() for j in _positions(names, text_columns)}))
-    except pa.ArrowInvalid as exc:
-        if ragged:
-            raise DataError(_ragged_message(p, delimiter, width)) from None
-        raise DataError(f"{p}: not a readable CSV file ({' '.join(str(exc).split())[:200]})") from None
-    columns = {}
-    for arrow_name, name in zip(arrow_names, names):
-        columns[name] = _from_arrow(p, name, table.column(arrow_name), pa)
-        table = table.drop_columns([arrow_name])  # frees each column's buffers as soon as it is converted
-    return RawTable(names, columns, not header, str(p))
+    # pyarrow's streaming reader infers each column's type from the first block; a later block that does not
+    # convert (an integer column with a "1.5", a number column with text) is read again with that column as
+    # float64, then as text (pyarrow/_csv.pyx, open_csv and ConvertOptions.column_types)
+    forced = {arrow_names[j]: pa.string() for j in _positions(names, text_columns)}
+    data_lines = [line for line in lines[first_line + 1:] if line.strip()][:200]
+    bytes_per_row = max(1.0, sum(len(line.encode()) + 1 for line in data_lines) / max(len(data_lines), 1))
+    estimate = int(p.stat().st_size / bytes_per_row * 1.05) + 64
+    for _attempt in range(2 * len(names) + 1):
+        try:
+            reader = pacsv.open_csv(
+                p, read_options=pacsv.ReadOptions(column_names=arrow_names, block_size=BLOCK_BYTES,
+                                                  skip_rows=first_line + (1 if header else 0)),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid,
+                                                 ignore_empty_lines=True),
+                convert_options=pacsv.ConvertOptions(null_values=NULLS, strings_can_be_null=True, true_values=[],
+                                                     false_values=[], column_types=forced))
+            columns = _stream(p, pa, reader, names, estimate)
+            return RawTable(names, columns, not header, str(p))
+        except pa.ArrowInvalid as exc:
+            if ragged:
+                raise DataError(_ragged_message(p, delimiter, width)) from None
+            where = re.search(r"In CSV column #(\d+)", str(exc))
+            name = arrow_names[int(where.group(1))] if where else None
+            if name is None or forced.get(name) == pa.string():
+                raise DataError(f"{p}: not a readable CSV file ({' '.join(str(exc).split())[:200]})") from None
+            forced[name] = pa.float64() if name not in forced else pa.string()
+    raise DataError(f"{p}: not a readable CSV file")
+
+
+#: pyarrow reads a CSV file block by block; each block becomes a record batch copied into the output columns
+BLOCK_BYTES = 1 << 20
+
+
+def _stream(p, pa, reader, names, estimate):
+    """The record batches of ``reader`` copied into preallocated NumPy columns (grown when the estimate of the row
+    count is short, trimmed at the end), so the peak memory is the output and a few blocks, not a whole Arrow
+    table beside it."""
+    schema = reader.schema
+    kinds = [_kind(p, name, schema.field(j).type, pa) for j, name in enumerate(names)]
+    out = {n: np.empty(estimate, dtype=np.float64 if k == "number" else object) for n, k in zip(names, kinds)}
+    pos = 0
+    for batch in reader:
+        n = batch.num_rows
+        if pos + n > len(out[names[0]]):
+            grow = max(2 * len(out[names[0]]), pos + n)
+            for col in out.values():
+                col.resize(grow, refcheck=False)
+        for j, (name, kind) in enumerate(zip(names, kinds)):
+            out[name][pos:pos + n] = _chunk(batch.column(j), kind, pa)
+        pos += n
+    for col in out.values():
+        col.resize(pos, refcheck=False)
+    return out
+
+
+def _kind(p, name, t, pa):
+    if pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t) or \
+            pa.types.is_fixed_size_binary(t):
+        raise DataError(f"{p}: column {name!r} holds {t} values; gpunet reads numbers and text only (flatten or "
+                        f"drop it)")
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t):
+        return "number"
+    return "text"
+
+
+def _chunk(arr, kind, pa):
+    """One record batch's column as float64 (NaN = missing) or as str objects (None = missing); text is dictionary
+    encoded first, so the object array holds one str per distinct value of the batch, not one per cell."""
+    if kind == "number":
+        if arr.type != pa.float64():
+            arr = arr.cast(pa.float64())
+        return arr.to_numpy(zero_copy_only=False)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.string())  # booleans, dates, times: their text
+    encoded = arr.dictionary_encode()
+    values = np.array(encoded.dictionary.to_pylist() + [None], dtype=object)
+    indices = encoded.indices.fill_null(len(values) - 1)
+    return values[indices.to_numpy(zero_copy_only=False)]
 
 
 def _positions(names, wanted):
