@@ -118,6 +118,11 @@ class Schema:
         out, missing, text, infinite, empty, wide, numeric_like = [], [], [], [], [], [], []
         for name in features:
             col = table.columns[name]
+            values = None
+            if col.dtype.kind != "f" and name not in categorical:
+                values = as_text(col)
+                if _mostly_numbers(values) == []:  # text cells that are all numbers (or missing markers such as "?")
+                    col = as_number(values, f"{where}: column {name!r}")
             if col.dtype.kind == "f" and name not in categorical:
                 if np.isinf(col).any():
                     infinite.append(name)
@@ -133,9 +138,9 @@ class Schema:
                 out.append({"name": name, "kind": "numeric", "median": float(np.median(ok)) if impute else None,
                             "indicator": had and impute})
                 continue
-            values = as_text(col)
+            values = as_text(col) if values is None else values
             mostly = _mostly_numbers(values) if col.dtype.kind != "f" else None
-            if mostly is not None and name not in categorical:
+            if mostly and name not in categorical:
                 numeric_like.append(f"{name!r} (e.g. {', '.join(map(repr, mostly))})")
                 continue
             if not encode:

@@ -355,3 +355,15 @@ def test_compare_folds_hidden_widths_r2_histories_and_grid_checks(tmp_path, caps
     assert "--vary batch_size=0" in error_line(capsys, "compare", "--data", tmp_path / "lin.csv", "--vary",
                                                "batch_size=8,0", "--out", tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_column_that_changes_kind_after_the_first_block_is_read_again(tmp_path, capsys):
+    """pyarrow infers types from the first block (1 MiB): an integer column with a late "1.5" is read as float64,
+    a number column with a late text cell is refused naming the cell, and "?" is a missing value."""
+    rows = "".join(f"{i},{i % 7},{'x' if i % 2 else 'y'}\n" for i in range(120_000))
+    (tmp_path / "late.csv").write_text("a,b,label\n" + rows + "1.5,2,x\n")
+    table = tabular.read(tmp_path / "late.csv", text_columns=[-1])
+    assert table.columns["a"].dtype == np.float64 and table.columns["a"][-1] == 1.5 and len(table) == 120_001
+    (tmp_path / "text.csv").write_text("a,b,label\n" + rows + "3,oops,x\n4,?,y\n")
+    line = error_line(capsys, "train", "--data", tmp_path / "text.csv", "--epochs", "1", *FAST)
+    assert "numbers with a few text cells in 'b' (e.g. 'oops')" in line
