@@ -436,6 +436,8 @@ class MLP:
         ``optimizer=None`` continues with the model's previous optimizer (state included; after
         :func:`gpunet.load` the saved one), or starts ``Adam()``. See :func:`gpunet.training.fit`.
         """
+        if self.schema is not None and validation_split:  # Keras' last rows of a table, its columns by name
+            X = self.schema.ordered(X)
         return training.fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
                          validation_data=validation_data, shuffle=shuffle, callbacks=callbacks, verbose=verbose,
                          cuda_graph=cuda_graph, distributed=distributed, shard=shard,

@@ -250,6 +250,19 @@ class Schema:
                              f"got shape {arr.shape}; or pass a DataFrame or a dict of columns by name")
         return self.names, dict(zip(self.names, arr.T)).__getitem__, name
 
+    def ordered(self, X, name="X"):
+        """The schema's columns of a table-like ``X`` as one 2-D object array in the schema's order (rows can then
+        be sliced as an array's, by position, and the result is still read by name)."""
+        names, get, where = self._columns(X, name)
+        absent = [n for n in self.names if n not in set(names)]
+        if absent:
+            raise DataError(f"{where} lacks the column(s) {_names(absent)} the model was trained on")
+        cols = [get(n) for n in self.names]
+        out = np.empty((len(cols[0]), len(cols)), dtype=object)
+        for j, col in enumerate(cols):
+            out[:, j] = col
+        return out
+
     def codes(self, X, name="X", dtype="float64"):
         """The host stage (see the module docstring): a float64 matrix (n, n_features)."""
         names, get, where = self._columns(X, name)
