@@ -367,3 +367,34 @@ def test_a_column_that_changes_kind_after_the_first_block_is_read_again(tmp_path
     (tmp_path / "text.csv").write_text("a,b,label\n" + rows + "3,oops,x\n4,?,y\n")
     line = error_line(capsys, "train", "--data", tmp_path / "text.csv", "--epochs", "1", *FAST)
     assert "numbers with a few text cells in 'b' (e.g. 'oops')" in line
+
+
+def test_every_door_of_a_table_model_checks_the_columns_by_name(penguins):
+    """predict, predict_proba, predict_classes, evaluate, score, loss_and_gradients and fit of a model with a schema
+    all select columns by name, refuse a table without a required column (naming it) and change nothing."""
+    pd = pytest.importorskip("pandas")
+    data, runf = penguins
+    net = gn.load(runf / "model.npz", device="cpu")
+    frame = pd.read_csv(data)
+    y = frame.pop("species").to_numpy()
+    shuffled = frame[frame.columns[::-1]]
+    before = [w.copy() for w in net.get_weights()]
+    reference = net.evaluate(frame, y)
+    assert net.evaluate(shuffled, y) == reference
+    assert net.score(shuffled, y) == net.score(frame, y) >= 0.97
+    np.testing.assert_array_equal(net.predict_proba(shuffled), net.predict_proba(frame))
+    assert net.loss_and_gradients(shuffled, y)[0] == pytest.approx(net.loss_and_gradients(frame, y)[0], rel=1e-12)
+    bad = frame.drop(columns=["body_mass_g"])
+    doors = [lambda: net.predict(bad), lambda: net.predict_proba(bad), lambda: net.predict_classes(bad),
+             lambda: net.evaluate(bad, y), lambda: net.score(bad, y), lambda: net.loss_and_gradients(bad, y),
+             lambda: net.fit(bad, y, epochs=1, verbose=0),
+             lambda: net.fit(frame, y, epochs=1, verbose=0, validation_data=(bad, y)),
+             lambda: net.fit(bad, y, epochs=1, verbose=0, validation_split=0.2)]
+    for door in doors:
+        with pytest.raises(ValueError, match="lacks the column.*'body_mass_g'"):
+            door()
+    assert all(np.array_equal(a, b) for a, b in zip(before, net.get_weights())) and net.evaluate(frame, y) == reference
+    # a dict of columns is a table too; a 2-D array is read in the schema's order
+    cols = {n: frame[n].to_numpy() for n in frame.columns}
+    np.testing.assert_array_equal(net.predict(cols), net.predict(frame))
+    np.testing.assert_array_equal(net.predict(frame[net.schema.names].to_numpy(object)), net.predict(frame))
