@@ -104,20 +104,25 @@ def choose_stacked(cfg, data, seeds):
     return stacked < sequential, reason
 
 
-def _train_seeds(cfg, data, seeds, record):
+def _train_seeds(cfg, data, seeds, record, fold=None):
     """The configuration ``cfg`` trained once per seed: ``[(model, history, seconds)]``. Without a
     learning-rate schedule or per-batch records, and where :func:`choose_stacked` measures it faster, all seeds
     train together as one :class:`gpunet.MLPStack` (batched GEMMs; each model equals its own run to float64
-    rounding), else one after the other. The choice and its measurement are printed."""
+    rounding), else one after the other. The choice and its measurement are printed. A fold (``fold``: its
+    index) always trains one ``MLP.fit`` per seed with the held-out fold as ``validation_data`` (stacking the
+    folds x seeds needs per-model row subsets, which MLPStack does not have yet); said once, for fold 0."""
 
     schedule = make_schedule(cfg)
     stacked, reason = False, "a learning-rate schedule or --record batch needs separate fits"
-    if schedule is None and record == "epoch" and len(seeds) > 1:
+    if fold is not None:
+        reason = "--folds: one MLP.fit per fold and seed, validated on the held-out fold"
+    elif schedule is None and record == "epoch" and len(seeds) > 1:
         stacked, reason = choose_stacked(cfg, data, seeds)
     elif len(seeds) == 1:
         reason = "one seed"
-    print(f"  {len(seeds)} seed(s) trained {'together as one MLPStack' if stacked else 'one after the other'} "
-          f"({reason})")
+    if not fold:
+        print(f"  {len(seeds)} seed(s) trained {'together as one MLPStack' if stacked else 'one after the other'} "
+              f"({reason})")
     if stacked:
         stack = _new_stack(cfg, data, seeds)
         loss = stack.resolve_loss(cfg["loss"])
@@ -126,8 +131,9 @@ def _train_seeds(cfg, data, seeds, record):
                           epochs=cfg["epochs"], batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss)
         seconds = (time.perf_counter() - t0) / len(seeds)
         return [(m, h, seconds) for m, h in zip(stack.models(), hists)], True
-    if not (len(seeds) > 1 and schedule is None and record == "epoch"):  # (choose_stacked warmed it up)
-        # warm up (compile the fused CPU step) so the first seed's time is like the others'
+    if fold == 0 or (fold is None and not (len(seeds) > 1 and schedule is None and record == "epoch")):
+        # warm up (compile the fused CPU step) so the first seed's time is like the others' (choose_stacked did,
+        # where it ran)
         warm = make_model({**cfg, "seed": seeds[0]}, data)
         rows = min(len(data.train[0]), 2 * cfg["batch_size"])
         warm.fit(data.train[0][:rows], targets(warm, warm.resolve_loss(cfg["loss"]), data.train[1][:rows],
@@ -231,7 +237,7 @@ def cmd_compare(args):
         for f, view in enumerate(views):
             cfg = _config(base, combo, view)
             seeds = [base["seed"] + s for s in range(args.seeds)]
-            trained, stacked = _train_seeds(cfg, view, seeds, args.record)
+            trained, stacked = _train_seeds(cfg, view, seeds, args.record, f if folds else None)
             stacked_any |= stacked
             for (model, hist, seconds), seed in zip(trained, seeds):
                 test = _scores(model, cfg, view.test, regression)
