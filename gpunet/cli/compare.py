@@ -24,6 +24,18 @@ COMPARE_VALIDATION = 0.1
 _NOT_VARIED = ("dataset", "data", "target", "task", "test_split", "seed", "device", "patience", "validation_split",
                "preset", "split_seed", "no_impute", "no_encode", "max_categories", "categorical")
 
+def _hidden_widths(text):
+    """``64:32`` -> [64, 32]; ``none`` -> [] (no hidden layer)."""
+    if text.lower() == "none":
+        return []
+    try:
+        widths = [int(w) for w in text.split(":")]
+    except ValueError:
+        raise ValueError("hidden widths are integers joined by ':', such as 64:64, or none") from None
+    if min(widths) < 1:
+        raise ValueError("hidden widths must be >= 1")
+    return widths
+
 def _parse_vary(items, base):
     grid = []
     for item in items:
@@ -47,7 +59,7 @@ def _parse_vary(items, base):
         for v in raw:
             try:
                 if key == "hidden":  # hidden widths only: 64:64 is [n_in, 64, 64, n_out]
-                    conv.append([] if v in ("", "none") else layers_arg(v.replace(":", ",") + ",1")[:-1])
+                    conv.append(_hidden_widths(v))
                 elif isinstance(current, bool):
                     if v.lower() not in ("1", "true", "yes", "0", "false", "no"):
                         raise ValueError("expected true or false")
