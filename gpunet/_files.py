@@ -8,6 +8,8 @@ import stat
 import tempfile
 import time
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
@@ -57,3 +59,27 @@ def _remove_stale_temporaries(path):
             with contextlib.suppress(OSError):
                 if os.path.isfile(full) and not os.path.islink(full) and now - os.stat(full).st_mtime > STALE_SECONDS:
                     os.unlink(full)
+
+
+def npy_header(f, where, max_bytes):
+    """Shape and dtype that an ``.npy`` stream declares, read from its header alone (``f`` is left at the start
+    of the data), refused before anything is allocated when the dtype holds Python objects (pickle) or the
+    declared size (shape x itemsize, not the file's size) is over ``max_bytes``. The one check of array headers
+    shared by the data reader (:mod:`gpunet.tabular`) and the model loader (:mod:`gpunet.saving`); raises
+    ``ValueError`` naming ``where``."""
+    try:
+        version = np.lib.format.read_magic(f)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _fortran, dtype = reader(f)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise ValueError(f"{where}: not a valid .npy array header ({str(exc)[:120]})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{where}: the array holds Python objects (dtype {dtype}), which would need pickle; "
+                         f"gpunet never unpickles files: save numbers or fixed-width strings")
+    declared = dtype.itemsize
+    for n in shape:
+        declared *= int(n)
+    if declared > max_bytes:
+        raise ValueError(f"{where}: the header declares shape {tuple(shape)} of {dtype}, {declared:,} bytes, over the "
+                         f"limit of {max_bytes:,} (checked before reading)")
+    return tuple(shape), dtype

@@ -5,7 +5,7 @@ import importlib
 
 #: the extra that installs each optional package
 EXTRAS = {"cupy": "cuda12' or 'gpunet[cuda13]", "numba": "numba", "scipy": "numba", "mpi4py": "distributed",
-          "onnx": "onnx", "onnxruntime": "onnx", "pyarrow": "parquet", "sklearn": "sklearn", "pandas": "tables"}
+          "onnx": "onnx", "onnxruntime": "onnx", "pyarrow": "tables", "sklearn": "sklearn", "pandas": "tables"}
 
 
 class MissingExtraError(ImportError):

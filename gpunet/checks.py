@@ -95,9 +95,13 @@ def is_sparse(X) -> bool:
     return type(X).__module__.startswith("scipy.sparse") and hasattr(X, "toarray")
 
 
-def check_sparse_X(X, n_features, name="X"):
+def check_sparse_X(X, n_features, name="X", standardised=False):
     """A SciPy sparse matrix of real numbers with ``n_features`` columns and at least one row (its values are
-    checked for NaN/Inf where it is converted, :class:`gpunet.backend.SparseRows`)."""
+    checked for NaN/Inf where it is converted, :class:`gpunet.backend.SparseRows`), for a model that does not
+    standardise its inputs (which would densify them)."""
+    if standardised:
+        raise TypeError(f"{name} is sparse, and this model standardises its inputs (which would densify them): "
+                        "pass a dense array")
     if X.ndim != 2 or X.shape[1] != n_features or X.shape[0] == 0:
         raise ValueError(f"{name} must have shape (n_samples >= 1, {n_features}), got {tuple(X.shape)}")
     if X.dtype.kind not in "biuf":
@@ -235,7 +239,7 @@ def check_sample_weight(sample_weight, n_samples, name="sample_weight"):
     return w.reshape(-1, 1)
 
 
-def check_standardisation(mean, scale, n_features, where="model"):
+def check_standardisation(mean, scale, n_features, where="model", dtype=None):
     """``input_mean``/``input_scale``: None or finite float64 arrays of shape (n_features,), scale > 0.
     Returns both as arrays (a missing one is the identity: zeros / ones)."""
     out = []
@@ -250,6 +254,13 @@ def check_standardisation(mean, scale, n_features, where="model"):
         out.append(arr)
     if (out[1] <= 0).any():
         raise ValueError(f"{where} input_scale must be > 0 everywhere, got {out[1].min():g}")
+    if dtype is not None:  # the values as the device holds them: a scale of 1e-40 is 0 (or subnormal) in float32
+        info = np.finfo(np.dtype(dtype))
+        small = out[1] < float(info.tiny)
+        if small.any() or (np.abs(out[0]) > float(info.max)).any() or (out[1] > float(info.max)).any():
+            j = int(np.argmax(small)) if small.any() else int(np.argmax(np.abs(out[0]) + out[1]))
+            raise ValueError(f"{where} standardisation of input {j} (mean {out[0][j]:.3g}, scale {out[1][j]:.3g}) is "
+                             f"not representable in {np.dtype(dtype)}: rescale the column or use dtype='float64'")
     return out[0], out[1]
 
 
@@ -264,3 +275,20 @@ def check_hyper(name, value, low=0.0, high=None, low_open=False):
         rng = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'})"
         raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
     return value
+
+
+def encode_labels(classes, y, name="y"):
+    """Original labels -> class indices for a model with ``classes`` (a host 1-D array); else ``y`` unchanged."""
+    if classes is None:
+        return y
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        return y  # one-hot / probability rows
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    try:
+        return np.array([index[v] for v in arr.tolist()], dtype=np.int64)
+    except KeyError as exc:
+        raise ValueError(f"{name} holds the label {exc.args[0]!r}, which is not one of this model's classes "
+                         f"{classes.tolist()!r}") from None
+    except TypeError:
+        raise ValueError(f"{name} holds unhashable labels") from None

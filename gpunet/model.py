@@ -22,7 +22,7 @@ import threading
 
 import numpy as np
 
-from gpunet import backend as _backend, checks, metrics, onnx, saving, training
+from gpunet import backend as _backend, checks, describe, metrics, onnx, saving, training
 from gpunet.nn import activations, initializers as _init, losses
 from gpunet.nn.layout import Layout, flatten, split
 from gpunet.ops import get_ops
@@ -106,6 +106,9 @@ class MLP:
         #: the original class labels (host 1-D array, strings or numbers) or None: targets given to
         #: fit/evaluate/score are mapped through it, predict_classes returns them
         self.classes = None
+        #: the table schema (:class:`gpunet.tabular.Schema`) or None: with one, inputs are tables whose columns are
+        #: selected by name, imputed and one-hot encoded on the device before the standardisation; stored in the file
+        self.schema = None
         self._workspaces = {}
         #: held by fit: one training call at a time per model (predict/evaluate may run meanwhile)
         self.fit_lock = threading.Lock()
@@ -284,11 +287,12 @@ class MLP:
         if targets and y is None:
             what = "y" if name == "X" else f"the {name.rpartition(' X')[0] or name} targets"
             raise ValueError(f"{what} is required: pass the targets as well as the inputs (got None)")
-        if checks.is_sparse(X) and sparse:  # kept sparse on the device, densified per batch (backend.SparseRows)
-            if self.input_mean is not None or self.input_scale is not None:
-                raise TypeError(f"{name} is sparse, and this model standardises its inputs (which would densify "
-                                "them): pass a dense array")
-            Xd = Xh = self.backend.sparse_rows(checks.check_sparse_X(X, self.layer_sizes[0], name), self.dtype, name)
+        if self.schema is not None:
+            Xh, Xd = self._upload_table(X, name)
+        elif checks.is_sparse(X) and sparse:  # kept sparse on the device, densified per batch (SparseRows)
+            standardised = self.input_mean is not None or self.input_scale is not None
+            Xd = Xh = self.backend.sparse_rows(checks.check_sparse_X(X, self.layer_sizes[0], name, standardised),
+                                               self.dtype, name)
         elif self.backend.kind == "cupy" and checks.is_device_array(X):
             Xd = self.backend.adopt(X, self.layer_sizes[0], self.dtype, name)  # stays on the device
             Xh = Xd  # only its shape is read below
@@ -306,30 +310,27 @@ class MLP:
         checks.check_fits(yname, Yh, self.dtype)
         return Xd, self.backend.to_device(Yh, self.dtype)
 
+    def _upload_table(self, X, name):
+        """A table through the schema: columns by name to codes on the host, imputation and one-hot on the device."""
+        if self.schema.width() != self.layer_sizes[0]:
+            raise ValueError(f"the schema gives {self.schema.width()} inputs but the network takes {self.layer_sizes[0]}")
+        R = self.schema.codes(X, name, self.dtype)
+        Rd = self.backend.to_device(R, self.dtype)
+        with self.backend.activate():
+            return R, self.schema.expand(Rd, self.backend.to_device, self.dtype)
+
     def _standardise(self, Xd):
         """``(Xd - input_mean) / input_scale`` on the device (a new array: the upload may share the
         caller's host memory on the CPU)."""
         n = self.layer_sizes[0]
-        mean, scale = checks.check_standardisation(self.input_mean, self.input_scale, n)
+        mean, scale = checks.check_standardisation(self.input_mean, self.input_scale, n, dtype=self.dtype)
         with self.backend.activate():
             return (Xd - self.backend.to_device(mean.reshape(1, n), self.dtype)) / \
                 self.backend.to_device(scale.reshape(1, n), self.dtype)
 
     def encode_labels(self, y, name="y"):
         """Original labels -> class indices when the model has ``classes``; anything else unchanged."""
-        if self.classes is None:
-            return y
-        arr = np.asarray(y)
-        if arr.ndim != 1:
-            return y  # one-hot / probability rows
-        index = {c: i for i, c in enumerate(self.classes.tolist())}
-        try:
-            return np.array([index[v] for v in arr.tolist()], dtype=np.int64)
-        except KeyError as exc:
-            raise ValueError(f"{name} holds the label {exc.args[0]!r}, which is not one of this model's classes "
-                             f"{self.classes.tolist()!r}") from None
-        except TypeError:
-            raise ValueError(f"{name} holds unhashable labels") from None
+        return checks.encode_labels(self.classes, y, name)
 
     def loss_and_gradients(self, X, y, loss=None, sample_weight=None):
         """Objective value and its exact gradient on the full set ``(X, y)`` (dropout off).
@@ -439,6 +440,8 @@ class MLP:
         ``optimizer=None`` continues with the model's previous optimizer (state included; after
         :func:`gpunet.load` the saved one), or starts ``Adam()``. See :func:`gpunet.training.fit`.
         """
+        if self.schema is not None and validation_split:  # Keras' last rows of a table, its columns by name
+            X = self.schema.ordered(X)
         return training.fit(self, X, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
                          validation_data=validation_data, shuffle=shuffle, callbacks=callbacks, verbose=verbose,
                          cuda_graph=cuda_graph, distributed=distributed, shard=shard,
@@ -455,17 +458,7 @@ class MLP:
 
     def summary(self) -> str:
         """A table of layers with shapes and parameter counts."""
-        lines = [f"MLP on {self.device} ({self.dtype}), {self.n_params:,} parameters",
-                 f"{'layer':<8}{'shape':<16}{'activation':<12}{'params':>12}"]
-        n_layers = len(self.W)
-        for i in range(n_layers):
-            n_in, n_out = self.layer_sizes[i], self.layer_sizes[i + 1]
-            act = self.output_activation if i == n_layers - 1 else self.hidden_activation
-            lines.append(f"{'dense_' + str(i + 1):<8}{f'{n_in} -> {n_out}':<16}{act:<12}{n_in * n_out + n_out:>12,}")
-        extras = [f"{k}={v}" for k, v in (("l1", self.l1), ("l2", self.l2), ("dropout", self.dropout)) if v]
-        if extras:
-            lines.append("regularization: " + ", ".join(extras))
-        return "\n".join(lines)
+        return describe.summary(self)
 
     def __repr__(self):
         return (f"MLP({list(self.layer_sizes)}, hidden_activation={self.hidden_activation!r}, "

@@ -20,6 +20,8 @@ from gpunet._version import __version__
 
 OPSET = 17
 IR_VERSION = 8
+#: ai.onnx.ml opset for LabelEncoder's string keys and float values (onnxruntime >= 1.13)
+ML_OPSET = 2
 _NODES = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softmax": "Softmax", "exp": "Exp"}
 
 
@@ -36,6 +38,10 @@ def to_model_proto(model):
     weights = model.get_weights()
     nodes, inits = [], []
     current = "X"
+    inputs = [helper.make_tensor_value_info("X", elem, ["batch", model.layer_sizes[0]])]
+    schema = getattr(model, "schema", None)
+    if schema is not None:
+        current, inputs = _table_nodes(schema, dtype, elem, helper, numpy_helper, nodes, inits)
     mean, scale = getattr(model, "input_mean", None), getattr(model, "input_scale", None)
     if mean is not None and scale is not None:
         inits += [numpy_helper.from_array(np.asarray(mean, dtype), "input_mean"),
@@ -60,19 +66,70 @@ def to_model_proto(model):
             nodes.append(helper.make_node(_NODES[act], [z], [out]))
         current = out
     graph = helper.make_graph(
-        nodes, "gpunet_mlp",
-        [helper.make_tensor_value_info("X", elem, ["batch", model.layer_sizes[0]])],
+        nodes, "gpunet_mlp", inputs,
         [helper.make_tensor_value_info("Y", elem, ["batch", model.layer_sizes[-1]])],
         initializer=inits)
 
     proto = helper.make_model(graph, producer_name="gpunet", producer_version=__version__,
-                              opset_imports=[helper.make_opsetid("", OPSET)])
+                              opset_imports=[helper.make_opsetid("", OPSET)]
+                              + ([helper.make_opsetid("ai.onnx.ml", ML_OPSET)] if schema is not None else []))
     proto.ir_version = IR_VERSION
     classes = getattr(model, "classes", None)
+    props = {}
     if classes is not None:
-        helper.set_model_props(proto, {"classes": "\n".join(str(c) for c in classes)})
+        props["classes"] = "\n".join(str(c) for c in classes)
+    if schema is not None:
+        props["numeric_inputs"] = "\n".join(schema.numeric_names())
+        props["categorical_inputs"] = "\n".join(schema.categorical_names())
+    if props:
+        helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)
     return proto
+
+
+def _table_nodes(schema, dtype, elem, helper, numpy_helper, nodes, inits):
+    """The schema's device stage (:meth:`gpunet.tabular.Schema.expand`) as ONNX nodes: input ``X`` holds the
+    numeric features (NaN where missing), input ``C`` the categorical ones as text ("" where missing); ``IsNaN`` +
+    ``Where`` impute the training medians, ``Gather`` + ``Cast`` give the missing indicators, ai.onnx.ml
+    ``LabelEncoder`` maps each category to its index (-1 when never seen) and ``Equal`` against the indices gives
+    its one-hot block. Returns the name of the expanded inputs and the graph's input list."""
+    num = [f for f in schema.features if f["kind"] == "numeric"]
+    cat = [f for f in schema.features if f["kind"] == "categorical"]
+    inputs, parts = [], []
+    if num:
+        inputs.append(helper.make_tensor_value_info("X", elem, ["batch", len(num)]))
+        if schema.impute:
+            inits.append(numpy_helper.from_array(np.array([[f["median"] or 0.0 for f in num]], dtype), "median"))
+            nodes += [helper.make_node("IsNaN", ["X"], ["x_missing"]),
+                      helper.make_node("Where", ["x_missing", "median", "X"], ["x_imputed"])]
+            parts.append("x_imputed")
+            ind = [k for k, f in enumerate(num) if f["indicator"]]
+            if ind:
+                inits.append(numpy_helper.from_array(np.array(ind, np.int64), "indicator_columns"))
+                nodes += [helper.make_node("Gather", ["x_missing", "indicator_columns"], ["x_ind_bool"], axis=1),
+                          helper.make_node("Cast", ["x_ind_bool"], ["x_indicators"], to=elem)]
+                parts.append("x_indicators")
+        else:
+            parts.append("X")
+    if cat:
+        inputs.append(helper.make_tensor_value_info("C", helper.np_dtype_to_tensor_dtype(np.dtype(object)),
+                                                    ["batch", len(cat)]))
+    for j, f in enumerate(cat):
+        keys = ["" if c is None else c for c in f["categories"] + f["infrequent"]]
+        codes = [float(i) for i in range(len(f["categories"]))] + [float(len(f["categories"]))] * len(f["infrequent"])
+        k = len(f["categories"]) + bool(f["infrequent"])
+        inits += [numpy_helper.from_array(np.array([j], np.int64), f"c{j}_column"),
+                  numpy_helper.from_array(np.arange(k, dtype=np.float32).reshape(1, k), f"c{j}_levels")]
+        nodes += [helper.make_node("Gather", ["C", f"c{j}_column"], [f"c{j}_text"], axis=1),
+                  helper.make_node("LabelEncoder", [f"c{j}_text"], [f"c{j}_code"], domain="ai.onnx.ml",
+                                   keys_strings=keys, values_floats=codes, default_float=-1.0),
+                  helper.make_node("Equal", [f"c{j}_code", f"c{j}_levels"], [f"c{j}_hot"]),
+                  helper.make_node("Cast", [f"c{j}_hot"], [f"c{j}_onehot"], to=elem)]
+        parts.append(f"c{j}_onehot")
+    if len(parts) == 1:
+        return parts[0], inputs
+    nodes.append(helper.make_node("Concat", parts, ["table_inputs"], axis=1))
+    return "table_inputs", inputs
 
 
 def export(model, path):

@@ -93,21 +93,71 @@ def confusion_matrix(y_true, y_pred, n_classes):
 
 
 def plot_confusion(y_true, y_pred, path, n_classes=10, title="confusion matrix", labels=None):
-    """Counts of (true, predicted) class indices; ``labels`` names the classes on the axes."""
+    """Counts of (true, predicted) class indices on a linear colour scale, each cell's count written in it;
+    ``labels`` names the classes on the axes."""
     m = confusion_matrix(y_true, y_pred, n_classes)
-    fig = _figure(width=6.0, height=5.4)
+    size = min(10.0, 4.0 + 0.45 * n_classes)
+    fig = _figure(width=size + 1.0, height=size)
     ax = fig.subplots()
-    im = ax.imshow(np.log1p(m), cmap="Blues")
+    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=max(int(m.max()), 1))
+    fontsize = 11 if n_classes <= 6 else (9 if n_classes <= 12 else 7)
     for i in range(n_classes):
         for j in range(n_classes):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if m[i, j] > m.max() / 3 else "black")
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=fontsize,
+                    color="white" if m[i, j] > m.max() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title=f"{title} (accuracy {np.trace(m) / max(m.sum(), 1):.2%})",
            xticks=range(n_classes), yticks=range(n_classes))
     if labels is not None:
         ax.set_xticklabels([str(c) for c in labels], rotation=30 if n_classes > 4 else 0, ha="right" if n_classes > 4 else "center")
         ax.set_yticklabels([str(c) for c in labels])
-    fig.colorbar(im, ax=ax, label="log(1 + count)")
+    fig.colorbar(im, ax=ax, label="count")
+    return _save(fig, path)
+
+
+def plot_calibration(y_true, proba, path, labels=None, title="calibration", bins=10):
+    """Reliability curve: per bin of predicted probability, the observed frequency (binary: of the positive class;
+    several classes: of the predicted class being right), against the diagonal."""
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(proba, dtype=np.float64)
+    if p.shape[1] == 1:
+        p = np.hstack([1 - p, p])
+    if p.shape[1] == 2:
+        conf, hit, what = p[:, 1], (y == 1).astype(float), f"P({labels[1] if labels else 1})"
+    else:
+        conf, hit, what = p.max(axis=1), (p.argmax(axis=1) == y).astype(float), "confidence of the predicted class"
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    xs, ys, ns = [], [], []
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            xs.append(conf[sel].mean())
+            ys.append(hit[sel].mean())
+            ns.append(int(sel.sum()))
+    fig = _figure(width=5.2, height=4.8)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="tab:red", lw=1.2, label="perfectly calibrated")
+    ax.plot(xs, ys, marker="o", color="tab:blue", label="model")
+    for x, yv, n in zip(xs, ys, ns):
+        ax.annotate(str(n), (x, yv), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"predicted {what}", ylabel="observed frequency", title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+    return _save(fig, path)
+
+
+def plot_residuals(y_true, y_pred, path, title="residuals", name=None):
+    """Residuals (true - predicted) against the prediction, first output."""
+    t = np.asarray(y_true, dtype=np.float64).reshape(len(y_true), -1)[:, 0]
+    p = np.asarray(y_pred, dtype=np.float64).reshape(len(y_pred), -1)[:, 0]
+    fig = _figure(width=5.6, height=4.4)
+    ax = fig.subplots()
+    ax.axhline(0.0, color="tab:red", lw=1.2)
+    ax.scatter(p, t - p, s=10, alpha=0.6, color="tab:blue")
+    label = name or "y"
+    ax.set(xlabel=f"predicted {label}", ylabel=f"true - predicted {label}",
+           title=f"{title} (RMSE {np.sqrt(np.mean((t - p) ** 2)):.4g})")
+    ax.grid(True, alpha=0.3)
     return _save(fig, path)
 
 
@@ -149,19 +199,53 @@ def plot_scatter(y_true, y_pred, path, title="predicted vs true", name=None):
 
 
 def plot_compare(results, path, metric="loss", title="comparison"):
-    """Bar chart of mean +- std of ``metric`` per configuration (``results``: list of dicts with
-    ``name``, ``<metric>_mean``, ``<metric>_std``)."""
+    """Grouped bars of mean +- std per configuration: validation and test ``metric`` (``results``: dicts with
+    ``name`` and ``<metric>_mean``/``_std``, and ``val_<metric>_mean``/``_std`` where a validation set was scored)."""
     names = [r["name"] for r in results]
-    means = [r[f"{metric}_mean"] for r in results]
-    stds = [r[f"{metric}_std"] for r in results]
-    fig = _figure(width=max(6.4, 1.1 * len(names)))
+    series = [(label, prefix) for label, prefix in (("validation", "val_"), ("test", ""))
+              if all(f"{prefix}{metric}_mean" in r for r in results)]
+    fig = _figure(width=max(6.4, 1.3 * len(names)))
     ax = fig.subplots()
-    ax.bar(range(len(names)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+    width = 0.8 / max(len(series), 1)
+    for i, (label, prefix) in enumerate(series):
+        means = [r[f"{prefix}{metric}_mean"] for r in results]
+        stds = [r[f"{prefix}{metric}_std"] for r in results]
+        xs = np.arange(len(names)) + (i - (len(series) - 1) / 2) * width
+        bars = ax.bar(xs, means, width, yerr=stds, capsize=4, alpha=0.85, label=label)
+        ax.bar_label(bars, labels=[f"{m:.3g}" for m in means], fontsize=7, padding=2)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel=metric, title=title)
-    if metric.endswith("loss") and min(means) > 0:
+    if metric.endswith("loss") and all(r[f"{p}{metric}_mean"] > 0 for r in results for _, p in series):
         ax.set_yscale("log")
     ax.grid(True, axis="y", alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_compare_curves(results, path, title="loss per epoch"):
+    """Every configuration's mean training loss per epoch (solid) and validation loss (dashed, where recorded)
+    over its runs, in one plot."""
+    fig = _figure(width=7.2, height=4.6)
+    ax = fig.subplots()
+    positive = True
+    for i, r in enumerate(results):
+        colour = f"C{i % 10}"
+        for key, style in (("loss", "-"), ("val_loss", "--")):
+            curves = [run["history"].get(key) for run in r["runs"] if run.get("history", {}).get(key)]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            mean = np.mean([c[:n] for c in curves], axis=0)
+            positive = positive and bool((mean > 0).all())
+            ax.plot(np.arange(1, n + 1), mean, style, color=colour,
+                    label=f"{r['name']} ({'training' if key == 'loss' else 'validation'})")
+    ax.set(xlabel="epoch", ylabel="loss", title=title)
+    _integer_epochs(ax)
+    if positive and ax.lines:
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
     return _save(fig, path)
 
 

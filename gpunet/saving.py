@@ -14,15 +14,16 @@ import zipfile
 
 import numpy as np
 
-from gpunet import checks, optim
-from gpunet._files import atomic_write
+from gpunet import checks, optim, tabular
+from gpunet._files import atomic_write, npy_header
 from gpunet._version import __version__
 from gpunet.nn import losses
 
 FORMAT = "gpunet.mlp"
-#: 2 adds ``input_mean``/``input_scale``/``classes`` (absent = None); version-1 files still load
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: 2 adds ``input_mean``/``input_scale``/``classes`` (absent = None); 3 adds ``schema`` (a table schema, written only
+#: by models that have one, so a gpunet that cannot apply it refuses the file); version-1 and 2 files still load
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def model_metadata(model, include_optimizer=True):
@@ -37,6 +38,11 @@ def model_metadata(model, include_optimizer=True):
         "input_mean": _list_or_none(model.input_mean), "input_scale": _list_or_none(model.input_scale),
         "classes": _list_or_none(model.classes),
     }
+    schema = getattr(model, "schema", None)
+    if schema is not None:
+        meta["schema"] = schema.to_json()
+    else:
+        meta["format_version"] = 2  # nothing a version-2 reader would miss
     opt = model.optimizer
     if include_optimizer and opt is not None:
         meta["optimizer"] = {"name": opt.name, "config": opt.get_config(), "step_count": opt.step_count,
@@ -71,6 +77,14 @@ def _read_preprocessing(path, meta, model):
             if len(classes) != n_out and not (len(classes) == 2 and n_out == 1):
                 raise ValueError(f"{len(classes)} classes for {n_out} outputs")
             model.classes = np.array(classes)
+        if meta.get("schema") is not None:
+            schema = tabular.Schema.from_json(meta["schema"], where="metadata")
+            if schema.width() != model.layer_sizes[0]:
+                raise ValueError(f"the schema gives {schema.width()} inputs for a network of {model.layer_sizes[0]}")
+            schema.check_dtype(model.dtype, where="metadata")
+            model.schema = schema
+        if mean is not None or scale is not None:
+            checks.check_standardisation(mean, scale, model.layer_sizes[0], where="metadata", dtype=model.dtype)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: invalid preprocessing metadata ({exc})") from None
 
@@ -128,13 +142,11 @@ def _depth(obj, level=0):
     return level
 
 
-def _header(path, zf, member):
-    """Shape and dtype an .npy member declares (read from its header only)."""
+def _header(path, zf, member, max_bytes=None):
+    """Shape and dtype an .npy member declares (read from its header only, with the data reader's checks:
+    :func:`gpunet._files.npy_header`)."""
     with zf.open(member) as f:
-        version = np.lib.format.read_magic(f)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = reader(f)
-    return shape, dtype
+        return npy_header(f, f"{path}: member {member}", MAX_PARAMS * 8 if max_bytes is None else max_bytes)
 
 
 def _read_members(path, zf):

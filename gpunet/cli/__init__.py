@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 from gpunet import bench
 from gpunet._optional import MissingExtraError
@@ -22,6 +23,7 @@ from gpunet.cli.parser import (EXAMPLES_TRAIN, add_compare_args, add_evaluate_ar
 from gpunet.cli.predict import cmd_evaluate, cmd_export, cmd_predict
 from gpunet.cli.train import cmd_train
 from gpunet.errors import DeviceUnavailableError, DivergenceError
+from gpunet.tabular import TableWarning
 
 log = logging.getLogger("gpunet")
 
@@ -39,7 +41,30 @@ COMMANDS = {
     "info": ("versions, devices and BLAS", None, add_info_args, cmd_info),
 }
 
+def _note(message, category, filename, lineno, file=None, line=None):
+    """Table warnings (ignored columns, unseen categories) as one 'gpunet: note:' line each on stderr."""
+    if issubclass(category, TableWarning):
+        text = " ".join(str(message).split())
+        if text not in _NOTED:  # the same table goes through several calls (evaluate, score, metrics): said once
+            _NOTED.add(text)
+            print(f"gpunet: note: {text}", file=sys.stderr)
+    else:
+        _show(message, category, filename, lineno, file, line)
+
+
+_show = warnings.showwarning
+_NOTED = set()
+
+
 def main(argv=None):
+    _NOTED.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TableWarning)
+        warnings.showwarning = _note
+        return _main(argv)
+
+
+def _main(argv=None):
     debug = os.environ.get("GPUNET_DEBUG") == "1"
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     parser = build_parser(COMMANDS)

@@ -11,16 +11,30 @@ from pathlib import Path
 import numpy as np
 
 import gpunet as gn
-from gpunet import checks, plot
+from gpunet import checks, metrics, plot
 from gpunet.cli.config import CLIError, make_optimizer, make_schedule, resolve_config
-from gpunet.cli.data import attach_data, check_widths, load_data, make_model, targets
+from gpunet.cli.data import attach_data, check_widths, fold_views, load_data, make_model, targets, validation_view
 from gpunet.cli.parser import layers_arg
 from gpunet.cli.rundir import write_json
 
 
+#: the validation split compare chooses on without --folds or --validation-split
+COMPARE_VALIDATION = 0.1
 #: settings compare cannot vary: fixed by the data, by --seeds, or not used without a validation set
 _NOT_VARIED = ("dataset", "data", "target", "task", "test_split", "seed", "device", "patience", "validation_split",
-               "preset")
+               "preset", "split_seed", "no_impute", "no_encode", "max_categories", "categorical")
+
+def _hidden_widths(text):
+    """``64:32`` -> [64, 32]; ``none`` -> [] (no hidden layer)."""
+    if text.lower() == "none":
+        return []
+    try:
+        widths = [int(w) for w in text.split(":")]
+    except ValueError:
+        raise ValueError("hidden widths are integers joined by ':', such as 64:64, or none") from None
+    if min(widths) < 1:
+        raise ValueError("hidden widths must be >= 1")
+    return widths
 
 def _parse_vary(items, base):
     grid = []
@@ -29,15 +43,24 @@ def _parse_vary(items, base):
         key = key.strip().replace("-", "_")
         if not sep or not values:
             raise CLIError(f"--vary expects KEY=V1,V2, got {item!r}")
-        allowed = sorted(k for k in base if k not in _NOT_VARIED and k not in ("data_sha256", "hidden"))
+        allowed = sorted({k for k in base if k not in _NOT_VARIED and k != "data_sha256"} | {"hidden"})
         if key not in allowed:
             raise CLIError(f"--vary: cannot vary {key!r}; choose from {', '.join(allowed)}")
-        current = base[key]
+        if key in {k for k, _ in grid}:
+            raise CLIError(f"--vary {key} is given twice; list all its values in one --vary {key}=V1,V2")
+        if key == "hidden" and any(k == "layers" for k, _ in grid) or key == "layers" and \
+                any(k == "hidden" for k, _ in grid):
+            raise CLIError("--vary hidden and --vary layers both set the hidden widths; use one of them")
+        current = base.get(key)
         conv = []
-        for v in values.split(","):
-            v = v.strip()
+        raw = [v.strip() for v in values.split(",")]
+        if len(set(raw)) != len(raw):
+            raise CLIError(f"--vary {key}: a value is listed twice ({values})")
+        for v in raw:
             try:
-                if isinstance(current, bool):
+                if key == "hidden":  # hidden widths only: 64:64 is [n_in, 64, 64, n_out]
+                    conv.append(_hidden_widths(v))
+                elif isinstance(current, bool):
                     if v.lower() not in ("1", "true", "yes", "0", "false", "no"):
                         raise ValueError("expected true or false")
                     conv.append(v.lower() in ("1", "true", "yes"))
@@ -93,20 +116,25 @@ def choose_stacked(cfg, data, seeds):
     return stacked < sequential, reason
 
 
-def _train_seeds(cfg, data, seeds, record):
+def _train_seeds(cfg, data, seeds, record, fold=None):
     """The configuration ``cfg`` trained once per seed: ``[(model, history, seconds)]``. Without a
     learning-rate schedule or per-batch records, and where :func:`choose_stacked` measures it faster, all seeds
     train together as one :class:`gpunet.MLPStack` (batched GEMMs; each model equals its own run to float64
-    rounding), else one after the other. The choice and its measurement are printed."""
+    rounding), else one after the other. The choice and its measurement are printed. A fold (``fold``: its
+    index) always trains one ``MLP.fit`` per seed with the held-out fold as ``validation_data`` (stacking the
+    folds x seeds needs per-model row subsets, which MLPStack does not have yet); said once, for fold 0."""
 
     schedule = make_schedule(cfg)
     stacked, reason = False, "a learning-rate schedule or --record batch needs separate fits"
-    if schedule is None and record == "epoch" and len(seeds) > 1:
+    if fold is not None:
+        reason = "--folds: one MLP.fit per fold and seed, validated on the held-out fold"
+    elif schedule is None and record == "epoch" and len(seeds) > 1:
         stacked, reason = choose_stacked(cfg, data, seeds)
     elif len(seeds) == 1:
         reason = "one seed"
-    print(f"  {len(seeds)} seed(s) trained {'together as one MLPStack' if stacked else 'one after the other'} "
-          f"({reason})")
+    if not fold:
+        print(f"  {len(seeds)} seed(s) trained {'together as one MLPStack' if stacked else 'one after the other'} "
+              f"({reason})")
     if stacked:
         stack = _new_stack(cfg, data, seeds)
         loss = stack.resolve_loss(cfg["loss"])
@@ -115,8 +143,9 @@ def _train_seeds(cfg, data, seeds, record):
                           epochs=cfg["epochs"], batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss)
         seconds = (time.perf_counter() - t0) / len(seeds)
         return [(m, h, seconds) for m, h in zip(stack.models(), hists)], True
-    if not (len(seeds) > 1 and schedule is None and record == "epoch"):  # (choose_stacked warmed it up)
-        # warm up (compile the fused CPU step) so the first seed's time is like the others'
+    if fold == 0 or (fold is None and not (len(seeds) > 1 and schedule is None and record == "epoch")):
+        # warm up (compile the fused CPU step) so the first seed's time is like the others' (choose_stacked did,
+        # where it ran)
         warm = make_model({**cfg, "seed": seeds[0]}, data)
         rows = min(len(data.train[0]), 2 * cfg["batch_size"])
         warm.fit(data.train[0][:rows], targets(warm, warm.resolve_loss(cfg["loss"]), data.train[1][:rows],
@@ -127,77 +156,135 @@ def _train_seeds(cfg, data, seeds, record):
         model = make_model({**cfg, "seed": seed}, data)
         loss = model.resolve_loss(cfg["loss"])
         t0 = time.perf_counter()
+        val = None if data.val is None else (data.val[0], targets(model, loss, data.val[1], data.classes is not None))
         hist = model.fit(data.train[0], targets(model, loss, data.train[1], data.classes is not None), epochs=cfg["epochs"],
                          batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss, verbose=0,
-                         callbacks=[schedule] if schedule else None, record=record)
+                         callbacks=[schedule] if schedule else None, record=record, validation_data=val)
         runs.append((model, hist, time.perf_counter() - t0))
         schedule = make_schedule(cfg)  # a fresh schedule per run
     return runs, False
 
+def _layers(cfg, view):
+    """``--vary hidden=64:64``: the hidden widths between the data's input and output widths."""
+    if "hidden_widths" in cfg:
+        cfg["layers"] = [view.n_features, *cfg["hidden_widths"], cfg["layers"][-1]]
+    return cfg
+
+
+def _config(base, combo, view):
+    settings = dict(combo)
+    cfg = {**base, **settings}
+    if base.get("auto_layers") and "layers" not in settings:  # widths from the data: each fold's own input width
+        cfg["layers"] = [view.n_features, *base["layers"][1:]]
+    if "hidden" in settings:
+        cfg.pop("hidden")
+        cfg["hidden_widths"] = settings["hidden"]
+    return _layers(cfg, view)
+
+
+def _scores(model, cfg, part, regression):
+    """Data-term loss, accuracy or R² and (regression) the MSE every configuration shares, on ``part``."""
+    X, y = part
+    loss = model.resolve_loss(cfg["loss"])
+    r = model.evaluate(X, targets(model, loss, y, not regression), loss=loss, penalty=False)
+    out = {"loss": r["loss"], "accuracy": r.get("accuracy"), "mse": None, "r2": None}
+    if regression:  # (the trained loss differs when --vary loss=...)
+        out["mse"] = model.evaluate(X, y, loss="mse", penalty=False)["loss"]
+        out["r2"] = metrics.r2_score(np.asarray(y, dtype=np.float64), model.predict(X))
+    elif out["accuracy"] is None:
+        out["accuracy"] = model.score(X, y)
+    return out
+
+
+def _mean_std(row, runs, key, prefix=""):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    if vals:
+        row[f"{prefix}{key}_mean"], row[f"{prefix}{key}_std"] = float(np.mean(vals)), float(np.std(vals))
+
+
 def cmd_compare(args):
 
     base = resolve_config(args)
+    folds = args.folds
+    if folds and base["validation_split"]:
+        raise CLIError("--folds K holds out each fold in turn as the validation set; drop --validation-split")
+    if not folds and not base["validation_split"]:
+        base["validation_split"] = COMPARE_VALIDATION  # configurations are chosen on it, never on the test set
     data = load_data(base, args.data_dir)
+    auto = base.get("layers") is None
     check_widths(base, data)
     grid = _parse_vary(args.vary, base)
+    base["auto_layers"] = auto
     if not grid:
         raise CLIError("compare needs at least one --vary KEY=V1,V2")
+    views = fold_views(base, data, folds) if folds else [validation_view(base, data)]
     combos = list(itertools.product(*[[(k, v) for v in vs] for k, vs in grid]))
     for combo in combos:  # the whole grid is checked before anything trains or is written
-        cfg = {**base, **dict(combo)}
-        try:
-            check_widths(cfg, data)
-            model = make_model(cfg, data)
-            model.resolve_loss(cfg["loss"])
-            make_optimizer(cfg)
-            checks.check_int("epochs", cfg["epochs"], low=0)
-            checks.check_int("batch_size", cfg["batch_size"], low=1)
-        except (ValueError, TypeError, CLIError) as exc:
-            raise CLIError(f"--vary {', '.join(f'{k}={v}' for k, v in combo)}: {exc}") from None
+        for view in views:
+            cfg = _config(base, combo, view)
+            try:
+                check_widths(cfg, view)
+                model = make_model(cfg, view)
+                model.resolve_loss(cfg["loss"])
+                make_optimizer(cfg)
+                checks.check_int("epochs", cfg["epochs"], low=0)
+                checks.check_int("batch_size", cfg["batch_size"], low=1)
+            except (ValueError, TypeError, CLIError) as exc:
+                raise CLIError(f"--vary {', '.join(f'{k}={v}' for k, v in combo)}: {exc}") from None
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a folder (compare writes compare.json, compare.md and "
                        f"compare.png into a folder)")
     out.mkdir(parents=True, exist_ok=True)
     regression = data.classes is None
+    metric = ("r2" if base.get("data") else "mse") if regression else "accuracy"
+    where = f"{folds} folds" if folds else f"a validation split of {base['validation_split']:g}"
+    print(f"gpunet: compare: {len(combos)} configuration(s) x {len(views)} fold(s) x {args.seeds} seed(s); chosen "
+          f"on {where} of the training data, reported on the test set too (never used for a choice)")
     results = []
     for combo in combos:
-        name = ", ".join(f"{k}={v}" for k, v in combo)
+        name = ", ".join(f"{k}={':'.join(map(str, v)) if k == 'hidden' else v}" for k, v in combo)
         runs = []
-        cfg = {**base, **dict(combo)}
-        trained, stacked = _train_seeds(cfg, data, [base["seed"] + s for s in range(args.seeds)], args.record)
-        for model, hist, seconds in trained:
-            loss = model.resolve_loss(cfg["loss"])
-            Xt, yt = data.test
-            r = model.evaluate(Xt, targets(model, loss, yt, data.classes is not None), loss=loss, penalty=False)  # the data term
-            # one metric every configuration shares (the trained loss differs when --vary loss=...)
-            mse = model.evaluate(Xt, yt, loss="mse", penalty=False)["loss"] if regression else None
-            run = {"loss": r["loss"], "mse": mse, "accuracy": r.get("accuracy"), "seconds": seconds}
-            if args.record == "batch":
-                run["batch_loss"] = hist.batch_loss
-            runs.append(run)
-        row = {"name": name, "settings": dict(combo), "runs": runs, "stacked": stacked}
-        for metric in ("loss", "mse", "accuracy", "seconds"):
-            vals = [r[metric] for r in runs if r[metric] is not None]
-            if vals:
-                row[f"{metric}_mean"], row[f"{metric}_std"] = float(np.mean(vals)), float(np.std(vals))
+        stacked_any = False
+        for f, view in enumerate(views):
+            cfg = _config(base, combo, view)
+            seeds = [base["seed"] + s for s in range(args.seeds)]
+            trained, stacked = _train_seeds(cfg, view, seeds, args.record, f if folds else None)
+            stacked_any |= stacked
+            for (model, hist, seconds), seed in zip(trained, seeds):
+                test = _scores(model, cfg, view.test, regression)
+                val = _scores(model, cfg, view.val, regression)
+                run = {**test, **{f"val_{k}": v for k, v in val.items()}, "fold": f, "seed": seed, "seconds": seconds,
+                       "history": {k: list(v) for k, v in hist.history.items()}}
+                if args.record == "batch":
+                    run["batch_loss"] = hist.batch_loss
+                runs.append(run)
+        row = {"name": name, "settings": dict(combo), "runs": runs, "stacked": stacked_any}
+        for key in ("loss", "mse", "accuracy", "r2", "seconds"):
+            _mean_std(row, runs, key)
+            _mean_std(row, runs, f"val_{key}")
         results.append(row)
-        print(f"{name}: test loss {row['loss_mean']:.4g} ± {row['loss_std']:.2g}"
-              + (f", test MSE {row['mse_mean']:.4g} ± {row['mse_std']:.2g}" if "mse_mean" in row else "")
-              + (f", accuracy {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}" if "accuracy_mean" in row else "")
-              + f", {row['seconds_mean']:.2f}s ± {row['seconds_std']:.2f}s"
-              + (" per model (seeds trained together)" if stacked else ""))
-    write_json(out / "compare.json", {"base": base, "seeds": args.seeds, "results": results})
-    lines = ["| configuration | test loss, data term (mean ± std) | test MSE | accuracy | seconds |",
+        shown = f"validation {metric} {row[f'val_{metric}_mean']:.4g} ± {row[f'val_{metric}_std']:.2g}, " \
+                f"test {metric} {row[f'{metric}_mean']:.4g} ± {row[f'{metric}_std']:.2g}"
+        print(f"{name}: {shown}, test loss {row['loss_mean']:.4g} ± {row['loss_std']:.2g}, "
+              f"{row['seconds_mean']:.2f}s ± {row['seconds_std']:.2f}s" + (" per model (seeds trained together)"
+                                                                            if stacked_any else ""))
+    sign = -1 if metric == "mse" else 1
+    best = max(results, key=lambda r: sign * r[f"val_{metric}_mean"])
+    print(f"gpunet: chosen on validation: {best['name']} (validation {metric} {best[f'val_{metric}_mean']:.4g}); its "
+          f"test {metric}: {best[f'{metric}_mean']:.4g} ± {best[f'{metric}_std']:.2g}")
+    write_json(out / "compare.json", {"base": base, "seeds": args.seeds, "folds": folds, "metric": metric,
+                                      "chosen": best["name"], "results": results})
+    spread = f"over {len(views)} folds x {args.seeds} seeds" if folds else f"over {args.seeds} seeds"
+    lines = [f"Mean ± std {spread}; chosen on validation: **{best['name']}**.", "",
+             f"| configuration | validation {metric} | test {metric} | test loss, data term | seconds |",
              "|---|---|---|---|---|"]
     for r in results:
-        acc = f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}" if "accuracy_mean" in r else "—"
-        mse = f"{r['mse_mean']:.4g} ± {r['mse_std']:.2g}" if "mse_mean" in r else "—"
-        lines.append(f"| {r['name']} | {r['loss_mean']:.4g} ± {r['loss_std']:.2g} | {mse} | {acc} | "
-                     f"{r['seconds_mean']:.2f} ± {r['seconds_std']:.2f} |")
+        lines.append(f"| {r['name']} | {r[f'val_{metric}_mean']:.4g} ± {r[f'val_{metric}_std']:.2g} | "
+                     f"{r[f'{metric}_mean']:.4g} ± {r[f'{metric}_std']:.2g} | {r['loss_mean']:.4g} ± "
+                     f"{r['loss_std']:.2g} | {r['seconds_mean']:.2f} ± {r['seconds_std']:.2f} |")
     (out / "compare.md").write_text("\n".join(lines) + "\n")
-    metric = "mse" if regression else "accuracy"
-    plot.plot_compare(results, out / "compare.png", metric=metric,
-                      title=f"{base['dataset']}: test {metric} over {args.seeds} seeds")
+    plot.plot_compare(results, out / "compare.png", metric=metric, title=f"{base['dataset']}: {metric} {spread}")
+    plot.plot_compare_curves(results, out / "curves.png", title=f"{base['dataset']}: loss per epoch, mean {spread}")
     print(f"gpunet: wrote {out}")
     return 0

@@ -34,7 +34,12 @@ DEFAULTS = {
 
 #: defaults for --data (the widths come from the data)
 DATA_DEFAULTS = dict(layers=None, hidden=[64, 64], output_activation=None, loss=None, hidden_activation="relu", optimizer="adam", lr=1e-3, batch_size=32,
-                     epochs=100, schedule="none", test_split=0.2)
+                     epochs=100, schedule="none", test_split=0.2, no_impute=False, no_encode=False,
+                     max_categories=20, categorical=[])
+#: flags that only apply to --data files
+DATA_ONLY = ("target", "task", "test_split", "no_impute", "no_encode", "max_categories", "categorical")
+#: with --patience and no --validation-split, early stopping watches this fraction of the training data
+PATIENCE_VALIDATION = 0.1
 
 PRESETS = {
     # measured in this repo: see docs/cli.md, "MNIST recipes"
@@ -54,10 +59,10 @@ DEFAULTS["sincos01"] = {k: v for k, v in PRESETS["seed003-sigmoid"].items() if k
 BUILTIN = DATASETS + ("sincos01",)
 
 COMMON = dict(init="glorot", momentum=0.0, nesterov=False, weight_decay=None, l1=0.0, l2=0.0, dropout=0.0,
-              schedule="none", device="auto", dtype="float32", seed=0, patience=None, validation_split=0.0)
+              schedule="none", device="auto", dtype="float32", seed=0, patience=None, validation_split=0.0, split_seed=0)
 
 _CONFIG_KEYS = ("layers", "hidden_activation", "output_activation", "loss", "optimizer", "lr", "batch_size", "epochs",
-                "schedule", *COMMON, "target", "task", "test_split")
+                "schedule", *COMMON, *DATA_ONLY)
 
 def dataset_name(path):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem) or "data"
@@ -75,8 +80,8 @@ def resolve_config(args):
     else:
         dataset = args.dataset or preset.get("dataset") or "mnist"
         cfg = {"dataset": dataset, **COMMON, **DEFAULTS[dataset]}
-        for flag in ("target", "task", "test_split"):
-            if getattr(args, flag, None) is not None:
+        for flag in DATA_ONLY:
+            if getattr(args, flag, None) not in (None, False):
                 raise CLIError(f"--{flag.replace('_', '-')} applies to --data files, not to --dataset {dataset}")
     cfg.update({k: v for k, v in preset.items() if k != "dataset"})
     if preset_name:
@@ -87,6 +92,11 @@ def resolve_config(args):
             cfg[key] = value
     if cfg["epochs"] < 0:
         raise CLIError(f"--epochs must be >= 0, got {cfg['epochs']}")
+    if cfg.get("patience") is not None and not cfg["validation_split"]:
+        # early stopping selects an epoch: it watches rows carved from the training data, never the test set
+        cfg["validation_split"] = PATIENCE_VALIDATION
+        print(f"gpunet: note: --patience watches a validation split of {PATIENCE_VALIDATION:g} carved from the "
+              f"training data (--validation-split to change it); the test set is never used for selection")
     return cfg
 
 def _read_run_config(run):
@@ -106,6 +116,7 @@ RESUME_APPLIES = ("epochs", "device")
 def resume_config(args, run):
     cfg = _read_run_config(run)
     cfg.setdefault("validation_split", 0.0)
+    cfg.setdefault("split_seed", 0)
     conflicts = []
     given = {k: getattr(args, k, None) for k in _CONFIG_KEYS if getattr(args, k, None) is not None}
     if getattr(args, "dataset", None):

@@ -44,6 +44,12 @@ def layers_arg(text):
         raise argparse.ArgumentTypeError(f"--layers needs at least two sizes >= 1, got {text!r}")
     return sizes
 
+def _names_arg(text):
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
+    return names
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -72,7 +78,18 @@ def _add_model_args(p):
     p.add_argument("--target", metavar="COL", help="--data: target column name or index (default: the last column)")
     p.add_argument("--task", choices=["classify", "regress"],
                    help="--data: default from the target (strings or few distinct integers: classify)")
-    p.add_argument("--test-split", type=_fraction, help="--data: fraction held out as the test set (default 0.2)")
+    p.add_argument("--test-split", type=_fraction, help="--data: fraction held out as the test set (default 0.2; "
+                   "stratified by class for a classifier)")
+    p.add_argument("--split-seed", type=int, help="seeds the test/validation split (and the folds) apart from "
+                   "--seed, which seeds the weights and batch order (default: 0)")
+    p.add_argument("--no-impute", action="store_true", default=None, help="--data: refuse missing numbers instead "
+                   "of imputing the training median with a missing-indicator column")
+    p.add_argument("--no-encode", action="store_true", default=None, help="--data: refuse text columns instead of "
+                   "one-hot encoding them")
+    p.add_argument("--max-categories", type=_positive_int, help="--data: one-hot columns per categorical feature; "
+                   "the rarer categories share one 'other' column (default: 20)")
+    p.add_argument("--categorical", type=_names_arg, metavar="COL[,COL]", help="--data: numeric columns to one-hot "
+                   "encode as categories (text columns always are)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a tuned or seed recipe (flags still override it)")
     p.add_argument("--data-dir", help="folder with the MNIST .gz files (default: shipped copy / $GPUNET_DATA)")
     p.add_argument("--layers", type=layers_arg, help="comma-separated layer sizes, e.g. 784,512,256,10 (default: per "
@@ -96,15 +113,18 @@ def _add_model_args(p):
     p.add_argument("--batch-size", type=_positive_int, help="default: per dataset")
     p.add_argument("--device", help="auto (default; $GPUNET_DEVICE), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["float32", "float64"], help="default: float32")
-    p.add_argument("--seed", type=int, help="weights, batch order and data splits (default: 0)")
+    p.add_argument("--seed", type=int, help="weights, batch order and dropout (default: 0; --split-seed seeds the "
+                   "splits)")
     p.add_argument("--tf32", action="store_true", help="TF32 tensor-core matmuls for float32 on CUDA (opt-in)")
 
 def add_train_args(t):
     _add_model_args(t)
-    t.add_argument("--patience", type=int, help="early stopping on val_loss after this many epochs without gain")
+    t.add_argument("--patience", type=int, help="early stopping on val_loss after this many epochs without gain, "
+                   "watching a validation split carved from the training data (0.1 unless --validation-split)")
     t.add_argument("--validation-split", type=_fraction,
-                   help="hold out this fraction of the training data for validation (default: none; the "
-                        "curves then show the test set, labelled 'test')")
+                   help="hold out this fraction of the training data for validation (default: none, or 0.1 with "
+                        "--patience; without it, --data runs show the training curve only and built-in datasets "
+                        "the test curve, labelled 'test')")
     t.add_argument("--out", help="run folder for model.npz, metrics.json, history.json, plots, checkpoint "
                    "(default: runs/<dataset>-<timestamp>)")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
@@ -117,8 +137,13 @@ def add_train_args(t):
 def add_compare_args(c):
     _add_model_args(c)
     c.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
-                   help="a setting to vary, e.g. hidden_activation=relu,sigmoid (repeatable: the grid is crossed)")
+                   help="a setting to vary, e.g. hidden_activation=relu,sigmoid or hidden=64,128:64 (hidden widths "
+                        "only; repeatable: the grid is crossed, each key once)")
     c.add_argument("--seeds", type=_positive_int, default=3, help="seeds per configuration")
+    c.add_argument("--folds", type=_positive_int, help="K-fold cross-validation over the rows outside the test split "
+                   "(stratified for classes): mean ± std over folds and seeds on validation")
+    c.add_argument("--validation-split", type=_fraction, help="without --folds: the fraction of the training data "
+                   "the configurations are compared on (default: 0.1); the test set is only reported")
     c.add_argument("--record", choices=["epoch", "batch"], default="epoch",
                    help="'batch' keeps every step's training loss in compare.json (one-pass runs)")
     c.add_argument("--out", required=True, help="folder for compare.json, compare.md and compare.png")
@@ -129,6 +154,8 @@ def add_predict_args(p):
                    "column the model was trained with is ignored")
     p.add_argument("--out", metavar="PREDS.csv", help="write the predictions here (default: standard output)")
     p.add_argument("--proba", action="store_true", help="add one probability column per class")
+    p.add_argument("--keep", type=_names_arg, action="extend", metavar="COL[,COL]",
+                   help="copy these input columns (an id, say) into the prediction file, before the predictions")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
 
 def add_evaluate_args(p):
@@ -136,7 +163,8 @@ def add_evaluate_args(p):
     p.add_argument("--data", required=True, metavar="PATH", help="inputs with targets (as for train --data)")
     p.add_argument("--target", metavar="COL", help="target column (default: the one the model was trained with)")
     p.add_argument("--out", metavar="METRICS.json",
-                   help="write the metrics here (default: evaluation-<data name>.json beside the model)")
+                   help="write the metrics here as JSON (default: printed only; nothing is written into the model's "
+                        "folder)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
 
 def add_export_args(p):

@@ -15,7 +15,7 @@ from gpunet.cli.config import CLIError
 
 #: files a run folder holds (removed by --overwrite before a new run starts)
 RUN_FILES = ("config.json", "model.npz", "checkpoint.npz", "metrics.json", "history.json", "loss.png", "fit.png",
-             "confusion.png", "misclassified.png", "scatter.png")
+             "confusion.png", "misclassified.png", "scatter.png", "calibration.png", "residuals.png")
 
 def write_json(path, obj):
 

@@ -15,7 +15,7 @@ import numpy as np
 import gpunet as gn
 from gpunet import backend, callbacks, distributed, plot
 from gpunet.cli.config import CLIError, make_optimizer, make_schedule, resolve_config, resume_config
-from gpunet.cli.data import check_widths, file_digest, load_data, make_model, targets
+from gpunet.cli.data import check_widths, file_digest, load_data, make_model, score_report, targets
 from gpunet.cli.rundir import RUN_FILES, RunStart, choose_out, fmt, write_json
 
 log = logging.getLogger("gpunet")
@@ -83,9 +83,11 @@ def _cmd_train(args):
         cbs.append(schedule)
     if cfg.get("patience") is not None:
         cbs.append(callbacks.EarlyStopping("val_loss", patience=cfg["patience"], restore_best_weights=True))
-    cbs.append(callbacks.ModelCheckpoint(out / "checkpoint.npz", save_best_only=False))
-    log.info("gpunet: %s on %s, %s -> %d epochs (batch %d, %s lr %g)", cfg["dataset"], model.device,
-             list(model.layer_sizes), cfg["epochs"], cfg["batch_size"], cfg["optimizer"], cfg["lr"])
+    cbs.append(callbacks.ModelCheckpoint(out / "checkpoint.npz", save_best_only=False,
+                                         monitor="val_loss" if data.val is not None else "loss"))
+    log.info("gpunet: network %s, %s hidden, %s output, %s loss; %s on %s -> %d epochs (batch %d, %s lr %g)",
+             list(model.layer_sizes), model.hidden_activation, model.output_activation, loss, cfg["dataset"],
+             model.device, cfg["epochs"], cfg["batch_size"], cfg["optimizer"], cfg["lr"])
     X, y = data.train
     val = None if data.val is None else (data.val[0], targets(model, loss, data.val[1], labels))
     t0 = time.perf_counter()
@@ -113,8 +115,11 @@ def _cmd_train(args):
     elif cfg.get("data"):
         metrics[f"{prefix}_r2"] = model.score(Xt, yt)
     if cfg.get("data"):
-        metrics.update(data=cfg["data"], target=cfg["target"], task=cfg["task"],
-                       n_train=len(X), n_test=len(Xt), evaluated_on=data.test_label)
+        metrics.update(data=cfg["data"], target=cfg["target"], task=cfg["task"], split_seed=cfg.get("split_seed", 0),
+                       n_train=len(X), n_validation=0 if data.val is None else len(data.val[1]), n_test=len(Xt),
+                       evaluated_on=data.test_label)
+        report = score_report(model, Xt, yt)
+        metrics.update({f"{prefix}_{k}": v for k, v in report.items() if k not in ("accuracy", "r2")})
     extra = {"target": data.target, "features": data.features} if cfg.get("data") else None
     write_json(out / "history.json", {"history": history, "seconds": previous.get("seconds", []) + hist.seconds})
     if hist.interrupted:
@@ -122,7 +127,8 @@ def _cmd_train(args):
     model.save(out / "model.npz", extra=extra)
     write_json(out / "metrics.json", metrics)
     _plots(plot, cfg, model, history, data, out)
-    shown = ", ".join(f"{k} {fmt(metrics[k])}" for k in metrics if k.startswith(prefix + "_"))
+    shown = ", ".join(f"{k} {fmt(metrics[k])}" for k in metrics if k.startswith(prefix + "_")
+                      and isinstance(metrics[k], float))
     print(f"gpunet: {cfg['dataset']} on {model.device}: {shown} after {model.epochs_trained} epochs "
           f"({seconds:.1f}s); wrote {out}")
     if hist.interrupted:
@@ -145,9 +151,16 @@ def _plots(plot, cfg, model, history, data, out):
     elif data.classes is not None:
         index = {c: i for i, c in enumerate(data.classes.tolist())}
         true = [index[v] for v in np.asarray(y).tolist()]
-        pred = [index[v] for v in model.predict_classes(X).tolist()]
+        proba = model.predict_proba(X)
+        pred = (proba.argmax(axis=1) if proba.shape[1] > 1 else (proba[:, -1] > 0.5)).tolist()
+        title = f"{cfg['dataset']}: {data.test_label} set"
         plot.plot_confusion(true, pred, out / "confusion.png", n_classes=len(data.classes),
-                            labels=[str(c) for c in data.classes], title=f"{cfg['dataset']}: {data.test_label} set")
+                            labels=[str(c) for c in data.classes], title=title)
+        plot.plot_calibration(true, proba, out / "calibration.png", labels=[str(c) for c in data.classes],
+                              title=title)
     else:
-        plot.plot_scatter(np.asarray(y, dtype=np.float64), model.predict(X), out / "scatter.png",
-                          title=f"{cfg['dataset']}: {data.test_label} set", name=data.target)
+        title = f"{cfg['dataset']}: {data.test_label} set"
+        plot.plot_scatter(np.asarray(y, dtype=np.float64), model.predict(X), out / "scatter.png", title=title,
+                          name=data.target)
+        plot.plot_residuals(np.asarray(y, dtype=np.float64), model.predict(X), out / "residuals.png", title=title,
+                            name=data.target)

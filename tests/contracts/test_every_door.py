@@ -308,7 +308,7 @@ def _parquet(tmp_path):
     ("MLP.to_onnx", "onnx", "onnx"),
     ("dist.init", "mpi4py", "distributed"),
     ("gpunet train --distributed", "mpi4py", "distributed"),
-    ("gpunet train --data FILE.parquet", "pyarrow", "parquet"),
+    ("gpunet train --data FILE.parquet", "pyarrow", "tables"),
     ("gn.MLP(device='cuda')", "cupy", "cuda12"),
     ("gpunet train --device cuda", "cupy", "cuda12"),
 ])

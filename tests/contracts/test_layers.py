@@ -17,7 +17,7 @@ LAYERS = {
     "gpunet.backend": 1, "gpunet.distributed": 1,
     "gpunet.nn": 2, "gpunet.optim": 2, "gpunet.callbacks": 2,
     "gpunet.ops": 3,
-    "gpunet.training": 4, "gpunet.saving": 4, "gpunet.onnx": 4, "gpunet.plot": 4,
+    "gpunet.training": 4, "gpunet.saving": 4, "gpunet.describe": 4, "gpunet.onnx": 4, "gpunet.plot": 4,
     "gpunet.model": 5, "gpunet.stack": 5.5,
     "gpunet": 6, "gpunet.sklearn": 6, "gpunet.kernels": 6,
     "gpunet.bench": 7, "gpunet.cli": 7.5, "gpunet.__main__": 8,

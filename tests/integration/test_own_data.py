@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import gpunet as gn
+from gpunet.tabular import split_indices
 
 from helpers import assert_png, gpunet_cli, write_small_mnist
 from test_cli import one_line_error
@@ -56,9 +57,12 @@ def test_csv_with_string_labels_trains_predicts_and_evaluates(tmp_path):
     assert metrics["test_accuracy"] >= 0.95 and metrics["n_test"] == 24 and metrics["task"] == "classify"
     net = gn.load(run / "model.npz", device="cpu")
     assert net.classes.tolist() == NAMES.tolist() and list(net.layer_sizes) == [3, 64, 64, 3]
-    train_idx = np.random.default_rng(0).permutation(120)[24:]  # the training split (seed 0, test 0.2)
-    np.testing.assert_allclose(net.input_mean, X[train_idx].mean(axis=0))
-    np.testing.assert_allclose(net.input_scale, X[train_idx].std(axis=0))
+    # the training split: stratified by class, --split-seed 0, test 0.2
+    train_idx, _, test_idx = split_indices(120, 0.2, 0.0, 0, strata=NAMES[k])
+    assert len(test_idx) == 24 and sorted(np.bincount(k[test_idx])) == sorted(np.round(np.bincount(k) * 0.2))
+    Xf = np.loadtxt(data, delimiter=",", skiprows=1, usecols=(0, 1, 2))  # the values as the file holds them
+    np.testing.assert_allclose(net.input_mean, Xf[train_idx].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(net.input_scale, Xf[train_idx].std(axis=0), rtol=1e-12)
     assert_png(run / "loss.png")
     assert_png(run / "confusion.png")
     # predict back the original labels, with probabilities
@@ -122,9 +126,15 @@ def test_parquet_string_labels(tmp_path):
 
 @pytest.mark.parametrize("content,args,needle", [
     ("a,b,label\n1,2,x\n3,4,y\n", ["--target", "colour"], "no target column 'colour'"),
-    ("a,b,label\n1,red,x\n3,blue,y\n", [], "non-numeric feature column(s) 'b'"),
+    ("a,b,label\n1,red,x\n3,blue,y\n", ["--no-encode"], "non-numeric feature column(s) 'b'"),
+    ("a,b,c,label\n1,red,,x\n3,blue,1,y\n", ["--no-encode", "--no-impute"],
+     "missing values in 'c' (1 missing, first in row 1) (--no-impute; without it they are imputed with the training "
+     "median); non-numeric feature column(s) 'b' (--no-encode"),
     ("a,b,label\n1,2,x\n3,4\n", [], "line 3 has 2 fields, expected 3"),
-    ("a,b,label\n1,2,x\n3,nan,y\n5,6,x\n", [], "'b' has 1 missing or non-finite value(s), first at line 3"),
+    ("a,b,label\n1,2,x\n3,nan,y\n5,6,x\n", ["--no-impute"], "missing values in 'b' (1 missing, first in row 2)"),
+    ("a,b,label\n1,2,x\n3,inf,y\n5,6,x\n", [], "infinite values in 'b'"),
+    ("a,a,label\n1,2,x\n3,4,y\n", [], "duplicate column name(s) 'a'"),
+    ("a,b,label\n1,2,\n3,4,y\n5,6,x\n", [], "target column 'label' is missing in 1 row(s), first in row 1"),
     ("", [], "is empty"),
     ("a,b,label\n", [], "no data rows"),
 ])

@@ -1,0 +1,405 @@
+"""The user's files read into a :class:`RawTable` of named columns: CSV/TSV through pyarrow's multi-threaded CSV
+reader (extra ``gpunet[tables]``), Parquet through pyarrow, ``.npz`` (``X``, ``y``) and ``.npy`` pairs.
+
+A column is either numeric (float64, NaN where a cell is missing) or text (an object array of ``str``, ``None``
+where a cell is missing), so that "007" and "7" stay two labels. Files are a trust boundary: sizes are checked
+before anything is read (``$GPUNET_MAX_DATA_BYTES``, default 2 GiB, bounds a file and the size every array
+header declares), arrays are never unpickled, and every problem raises :class:`DataError` (a ``ValueError``)
+with one line naming the file and the place.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gpunet._files import npy_header
+from gpunet._optional import import_optional
+from gpunet.errors import DataError
+
+SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".npz", ".npy", ".parquet", ".pq")
+#: cells read as missing: pyarrow's default null strings (pyarrow/_csv.pyx, ConvertOptions.null_values) and a few
+#: more that hand-made tables use
+NULLS = ['', '#N/A', '#N/A N/A', '#NA', '-1.#IND', '-1.#QNAN', '-NaN', '-nan', '1.#IND', '1.#QNAN', 'N/A', 'NA',
+         'NULL', 'NaN', 'n/a', 'nan', 'null', 'na', 'Na', 'None', 'none', 'NONE', '?']
+NULL_SET = set(NULLS)
+
+
+@dataclass
+class RawTable:
+    """Named columns of equal length: float64 (NaN = missing) or object arrays of str (None = missing)."""
+    names: list
+    columns: dict
+    headerless: bool = False
+    path: str = ""
+    notes: list = field(default_factory=list)
+
+    def __len__(self):
+        return len(self.columns[self.names[0]]) if self.names else 0
+
+    def take(self, idx):
+        return RawTable(list(self.names), {k: v[idx] for k, v in self.columns.items()}, self.headerless, self.path)
+
+    def drop(self, name):
+        return RawTable([n for n in self.names if n != name], {k: v for k, v in self.columns.items() if k != name},
+                        self.headerless, self.path, list(self.notes))
+
+
+def max_bytes():
+    try:
+        return int(os.environ.get("GPUNET_MAX_DATA_BYTES", 2 << 30))
+    except ValueError:
+        raise DataError(f"GPUNET_MAX_DATA_BYTES must be an integer, got {os.environ['GPUNET_MAX_DATA_BYTES']!r}") from None
+
+
+def check_file(path):
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such data file: {p}")
+    if not p.is_file():
+        raise DataError(f"{p} is not a regular file")
+    size = p.stat().st_size
+    if size == 0:
+        raise DataError(f"{p} is empty")
+    if size > max_bytes():
+        raise DataError(f"{p} is {size:,} bytes, over the limit of {max_bytes():,} (raise $GPUNET_MAX_DATA_BYTES)")
+    return p
+
+
+def read(path, text_columns=()):
+    """Read ``path`` into a :class:`RawTable`. ``text_columns``: names or indices (-1: the last) of CSV columns
+    read as text whatever they hold (the target: "007" and "7" are two labels)."""
+    p = check_file(path)
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        table = _read_npz(p)
+    elif suffix == ".npy":
+        table = _read_npy(p)
+    elif suffix in (".parquet", ".pq"):
+        table = _read_parquet(p)
+    elif suffix in SUFFIXES or suffix == "":
+        table = _read_csv(p, text_columns)
+    else:
+        raise DataError(f"{p}: unknown data format {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    if not table.names:
+        raise DataError(f"{p} holds no columns")
+    if len(table) == 0:
+        raise DataError(f"{p} has a header but no data rows" if not table.headerless else f"{p} holds no rows")
+    return _drop_index(table)
+
+
+def _drop_index(table):
+    """pandas' ``to_csv`` writes the index as an unnamed first column holding 0..n-1: it would leak the row order
+    into the features, so it is dropped, with a note."""
+    first = table.names[0]
+    col = table.columns[first]
+    if not table.headerless and first in ("", "Unnamed: 0") and col.dtype.kind == "f" and len(table.names) > 1:
+        if np.array_equal(col, np.arange(len(col))):
+            out = table.drop(first)
+            out.notes.append(f"dropped the unnamed first column of {table.path} (a 0..{len(col) - 1} row index, as "
+                             f"pandas' to_csv writes it)")
+            return out
+    if "" in table.columns:
+        raise DataError(f"{table.path}: column {table.names.index('') + 1} has no name; name it in the header")
+    return table
+
+
+# ----------------------------------------------------------------------------- CSV
+def _is_number(cell):
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _has_header(rows):
+    """Whether the first of ``rows`` (lists of str) is a header. A first row of numbers and missing cells is data.
+    Otherwise it is a header, unless every one of its text cells is a value its column holds again further down
+    (a headerless file whose labels are text: "5.1,3.5,setosa"); so "2019,2020,species" is a header."""
+    first, rest = rows[0], rows[1:]
+    text = [j for j, c in enumerate(first) if c.strip() not in NULL_SET and not _is_number(c)]
+    if not text:
+        return False
+    if not rest:
+        return True
+    return not all(any(j < len(r) and r[j] == first[j] for r in rest) for j in text)
+
+
+def _sample(p):
+    with open(p, "rb") as f:
+        raw = f.read(256 * 1024)
+    try:
+        sample = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(raw) - 4:  # not just a multi-byte character cut at the end of the sample
+            raise DataError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start}); is it a binary file?") from None
+        sample = raw[:exc.start].decode("utf-8-sig")
+    if "\x00" in sample:
+        raise DataError(f"{p} holds NUL bytes; is it a binary file?")
+    return sample
+
+
+def _read_csv(p, text_columns):
+    pacsv = import_optional("pyarrow.csv", f"reading {p.name}")
+    pa = import_optional("pyarrow", f"reading {p.name}")
+    sample = _sample(p)
+    delimiter = "\t" if p.suffix.lower() in (".tsv", ".tab") else None
+    if delimiter is None:
+        try:
+            delimiter = csv.Sniffer().sniff(sample[:64 * 1024], delimiters=",;\t ").delimiter
+        except csv.Error:
+            delimiter = ","
+    lines = sample.splitlines()[:-1] if len(sample) == 256 * 1024 else sample.splitlines()
+    rows = [r for r in csv.reader(lines[:201], delimiter=delimiter) if any(c.strip() for c in r)]
+    if not rows:
+        raise DataError(f"{p} holds no rows")
+    header = _has_header(rows)
+    width = len(rows[0])
+    names = [c.strip() for c in rows[0]] if header else [f"column {j}" for j in range(width)]
+    seen = set()
+    dup = sorted({n for n in names if n in seen or seen.add(n)} - {""})
+    if dup:
+        raise DataError(f"{p}: duplicate column name(s) {', '.join(map(repr, dup))}; every column needs its own name")
+    arrow_names = [n if n else f"\x00unnamed {j}" for j, n in enumerate(names)]
+    first_line = next(i for i, line in enumerate(lines) if line.strip())
+    ragged = []
+
+    def on_invalid(row):
+        ragged.append(row)
+        return "error"
+
+    # pyarrow's streaming reader infers each column's type from the first block; a later block that does not
+    # convert (an integer column with a "1.5", a number column with text) is read again with that column as
+    # float64, then as text (pyarrow/_csv.pyx, open_csv and ConvertOptions.column_types)
+    forced = {arrow_names[j]: pa.string() for j in _positions(names, text_columns)}
+    data_lines = [line for line in lines[first_line + 1:] if line.strip()][:200]
+    bytes_per_row = max(1.0, sum(len(line.encode()) + 1 for line in data_lines) / max(len(data_lines), 1))
+    estimate = int(p.stat().st_size / bytes_per_row * 1.05) + 64
+    for _attempt in range(2 * len(names) + 1):
+        try:
+            reader = pacsv.open_csv(
+                p, read_options=pacsv.ReadOptions(column_names=arrow_names, block_size=BLOCK_BYTES,
+                                                  skip_rows=first_line + (1 if header else 0)),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid,
+                                                 ignore_empty_lines=True),
+                convert_options=pacsv.ConvertOptions(null_values=NULLS, strings_can_be_null=True, true_values=[],
+                                                     false_values=[], column_types=forced))
+            columns = _stream(p, pa, reader, names, estimate)
+            return RawTable(names, columns, not header, str(p))
+        except pa.ArrowInvalid as exc:
+            if ragged:
+                raise DataError(_ragged_message(p, delimiter, width)) from None
+            where = re.search(r"In CSV column #(\d+)", str(exc))
+            name = arrow_names[int(where.group(1))] if where else None
+            if name is None or forced.get(name) == pa.string():
+                raise DataError(f"{p}: not a readable CSV file ({' '.join(str(exc).split())[:200]})") from None
+            forced[name] = pa.float64() if name not in forced else pa.string()
+    raise DataError(f"{p}: not a readable CSV file")
+
+
+#: pyarrow reads a CSV file block by block; each block becomes a record batch copied into the output columns
+BLOCK_BYTES = 1 << 20
+
+
+def _stream(p, pa, reader, names, estimate):
+    """The record batches of ``reader`` copied into preallocated NumPy columns (grown when the estimate of the row
+    count is short, trimmed at the end), so the peak memory is the output and a few blocks, not a whole Arrow
+    table beside it."""
+    schema = reader.schema
+    kinds = [_kind(p, name, schema.field(j).type, pa) for j, name in enumerate(names)]
+    out = {n: np.empty(estimate, dtype=np.float64 if k == "number" else object) for n, k in zip(names, kinds)}
+    pos = 0
+    for batch in reader:
+        n = batch.num_rows
+        if pos + n > len(out[names[0]]):
+            grow = max(2 * len(out[names[0]]), pos + n)
+            for col in out.values():
+                col.resize(grow, refcheck=False)
+        for j, (name, kind) in enumerate(zip(names, kinds)):
+            out[name][pos:pos + n] = _chunk(batch.column(j), kind, pa)
+        pos += n
+    for col in out.values():
+        col.resize(pos, refcheck=False)
+    return out
+
+
+def _kind(p, name, t, pa):
+    if pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t) or \
+            pa.types.is_fixed_size_binary(t):
+        raise DataError(f"{p}: column {name!r} holds {t} values; gpunet reads numbers and text only (flatten or "
+                        f"drop it)")
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t):
+        return "number"
+    return "text"
+
+
+def _chunk(arr, kind, pa):
+    """One record batch's column as float64 (NaN = missing) or as str objects (None = missing); text is dictionary
+    encoded first, so the object array holds one str per distinct value of the batch, not one per cell."""
+    if kind == "number":
+        if arr.type != pa.float64():
+            arr = arr.cast(pa.float64())
+        return arr.to_numpy(zero_copy_only=False)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.string())  # booleans, dates, times: their text
+    encoded = arr.dictionary_encode()
+    values = np.array(encoded.dictionary.to_pylist() + [None], dtype=object)
+    indices = encoded.indices.fill_null(len(values) - 1)
+    return values[indices.to_numpy(zero_copy_only=False)]
+
+
+def _positions(names, wanted):
+    out = set()
+    for w in wanted:
+        if isinstance(w, int) and not isinstance(w, bool) and -len(names) <= w < len(names):
+            out.add(w % len(names))
+        elif w in names:
+            out.add(names.index(w))
+    return out
+
+
+def _ragged_message(p, delimiter, width):
+    with open(p, newline="", encoding="utf-8-sig", errors="replace") as f:
+        for line, row in enumerate(csv.reader(f, delimiter=delimiter), start=1):
+            if any(c.strip() for c in row) and len(row) != width:
+                return f"{p}: line {line} has {len(row)} fields, expected {width} (ragged rows)"
+    return f"{p}: ragged rows"
+
+
+def _from_arrow(p, name, col, pa):
+    """A pyarrow column as float64 (NaN = missing) or object str (None = missing)."""
+    t = col.type
+    if pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t) or \
+            pa.types.is_fixed_size_binary(t):
+        raise DataError(f"{p}: column {name!r} holds {t} values; gpunet reads numbers and text only (flatten or "
+                        f"drop it)")
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t):
+        if col.num_chunks == 1 and col.null_count == 0 and t == pa.float64():
+            return col.chunk(0).to_numpy(zero_copy_only=False)
+        return col.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
+    if pa.types.is_dictionary(t):
+        col = col.cast(t.value_type)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        try:
+            col = col.cast(pa.string())  # booleans, dates, times: their text
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataError(f"{p}: column {name!r} holds {t} values, which gpunet cannot read as numbers or "
+                            f"text") from None
+    return col.to_numpy(zero_copy_only=False).astype(object, copy=False)
+
+
+# ----------------------------------------------------------------------------- Parquet
+def _read_parquet(p):
+    pq = import_optional("pyarrow.parquet", f"reading Parquet ({p.name})")
+    pa = import_optional("pyarrow", f"reading Parquet ({p.name})")
+    try:
+        pf = pq.ParquetFile(p)
+        table = pf.read()
+    except Exception as exc:  # pyarrow raises its own error types for bad files
+        raise DataError(f"{p}: not a readable Parquet file ({' '.join(str(exc).split())[:200]})") from None
+    names = list(table.column_names)
+    if not names:
+        raise DataError(f"{p} holds no columns")
+    if table.num_rows == 0:
+        raise DataError(f"{p} holds no rows")
+    bad = [f"{n!r} ({table.schema.field(n).type})" for n in names
+           if pa.types.is_nested(table.schema.field(n).type) or pa.types.is_binary(table.schema.field(n).type)
+           or pa.types.is_large_binary(table.schema.field(n).type)]
+    if bad:
+        raise DataError(f"{p}: column(s) {', '.join(bad)} hold lists, structs or bytes; gpunet reads numbers and "
+                        f"text only (flatten or drop them)")
+    seen = set()
+    dup = sorted({n for n in names if n in seen or seen.add(n)})
+    if dup:
+        raise DataError(f"{p}: duplicate column name(s) {', '.join(map(repr, dup))}")
+    return RawTable(names, {n: _from_arrow(p, n, table.column(n), pa) for n in names}, False, str(p))
+
+
+# ----------------------------------------------------------------------------- binary arrays
+def load_npy(open_stream, where, limit=None):
+    """An array from an ``.npy`` stream (``open_stream()`` opens it), its header checked before the data are read
+    (:func:`gpunet._files.npy_header`: no pickle, the declared size within the limit)."""
+    limit = max_bytes() if limit is None else limit
+    with open_stream() as f:
+        try:
+            shape, dtype = npy_header(f, where, limit)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+    if dtype.kind not in "biufUS" or len(shape) not in (1, 2):
+        raise DataError(f"{where}: the array has dtype {dtype} and shape {shape}; expected numbers (or labels) "
+                        f"with 1 or 2 dimensions")
+    if 0 in shape:
+        raise DataError(f"{where}: the array is empty")
+    with open_stream() as f:
+        try:
+            return np.lib.format.read_array(f, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"{where}: not a readable array ({' '.join(str(exc).split())[:160]})") from None
+
+
+def _read_npz(p):
+    limit = max_bytes()
+    arrays = {}
+    try:
+        with zipfile.ZipFile(p) as zf:  # bound the decompressed sizes before numpy reads anything
+            names = zf.namelist()
+            if "X.npy" not in names:
+                raise DataError(f"{p}: a .npz data file needs arrays 'X' and 'y', it has "
+                                f"{[n[:-4] for n in names]}")
+            for info in zf.infolist():
+                if info.file_size > limit:
+                    raise DataError(f"{p}: member {info.filename} is {info.file_size:,} bytes uncompressed, over the "
+                                    f"limit of {limit:,} (raise $GPUNET_MAX_DATA_BYTES)")
+            for member in ("X.npy", "y.npy"):
+                if member in names:
+                    arrays[member[0]] = load_npy(lambda m=member: zf.open(m), f"{p}: array {member[0]!r}", limit)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{p}: not a readable .npz file ({exc})") from None
+    return _pair(p, arrays["X"], arrays.get("y"))
+
+
+def _read_npy(p):
+    X = load_npy(lambda: open(p, "rb"), str(p))
+    target = None
+    stem = p.stem
+    for a, b in (("X", "y"), ("x", "y"), ("features", "labels"), ("features", "targets")):
+        if a in stem:
+            candidate = p.with_name(stem[::-1].replace(a[::-1], b[::-1], 1)[::-1] + p.suffix)
+            if candidate.is_file():
+                target = candidate
+                break
+    y = None
+    if target is not None:
+        y = read_targets_npy(target)
+    return _pair(p, X, y)
+
+
+def read_targets_npy(path):
+    """``--target y.npy``: the targets of an ``.npy`` feature file."""
+    path = check_file(path)
+    return load_npy(lambda: open(path, "rb"), str(path))
+
+
+def _pair(p, X, y):
+    """Arrays as a headerless table: columns ``x0..``, the targets as column ``y`` (text when they are text)."""
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{p}: X must hold numbers, got dtype {X.dtype}")
+    X = X.reshape(-1, 1) if X.ndim == 1 else X
+    names = [f"x{j}" for j in range(X.shape[1])]
+    columns = {n: np.ascontiguousarray(X[:, j], dtype=np.float64) for j, n in enumerate(names)}
+    if y is not None:
+        if len(y) != len(X):
+            raise DataError(f"{p}: X has {len(X)} rows but y has {len(y)}")
+        if y.dtype.kind in "US":
+            y = np.array([str(v) for v in y.tolist()], dtype=object)
+        elif y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        names.append("y")
+        columns["y"] = y
+    return RawTable(names, columns, True, str(p))
