@@ -25,6 +25,7 @@ class NumpyOps(ArrayOps):
         self.adam = numba_kernels.adam_step
         self.sgd = numba_kernels.sgd_step
         self._mlp_step = numba_kernels.mlp_step
+        self._stack_epoch = numba_kernels.stack_epoch
         self._compiled = set()
 
     def status(self):
@@ -33,7 +34,10 @@ class NumpyOps(ArrayOps):
             why = "Numba could not compile gpunet's kernels"
         return {"fused_step": {"live": why is None, "reason": why, "note": "networks with layers up to 256 x 256 "
                                "weights, without dropout or L1/L2"},
-                "fused_optimizer": {"live": self.adam is not None, "reason": None if self.adam is not None else why}}
+                "fused_optimizer": {"live": self.adam is not None, "reason": None if self.adam is not None else why},
+                "fused_stack_step": {"live": why is None and self._stack_epoch is not None, "reason": why,
+                                     "note": "MLPStack: one compiled call per epoch, the models in parallel; "
+                                             "SGD, Adam or AdamW, the fused step's limits"}}
 
     # np.dot has ~0.5 us less overhead per call than np.matmul on 2-D operands (same BLAS GEMM)
     def matmul(self, a, b, out):
@@ -137,3 +141,40 @@ class NumpyOps(ArrayOps):
             return forced == "1"
         sizes = model.layer_sizes
         return max(a * b for a, b in zip(sizes[:-1], sizes[1:])) <= self.FUSED_MAX_LAYER_WEIGHTS
+
+    #: the optimizers the fused stacked epoch runs (their fused single-model kernels)
+    STACK_OPTIMIZERS = ("sgd", "adam", "adamw")
+
+    def fused_stack_reason(self, stack, opt):
+        if self._stack_epoch is None:
+            return self.status()["fused_stack_step"]["reason"] or "Numba could not compile gpunet's kernels"
+        if stack.dropout or stack.l1 or stack.l2:
+            return "dropout and L1/L2 penalties are not in the fused step"
+        if opt.name not in self.STACK_OPTIMIZERS:
+            return f"the {opt.name} optimizer is not in the fused stacked step"
+        if stack.fused_failed:
+            return f"the fused stacked step failed to compile ({stack.fused_failed})"
+        if not self._fusable(stack):
+            return ("GPUNET_FUSED=0" if os.environ.get("GPUNET_FUSED") == "0" else
+                    f"a layer has over {self.FUSED_MAX_LAYER_WEIGHTS} weights (GEMM-bound: batched GEMMs are as fast)")
+        return None
+
+    def fused_stack_epoch(self, stack, X, Y, idx, B, opt, lr, loss, batch_loss, batch_correct):
+        if self.fused_stack_reason(stack, opt) is not None:
+            return False
+        args = (X, Y, idx, B, np.asarray(stack.layer_sizes, dtype=np.int64), stack.params, stack.grads, opt, lr,
+                stack.hidden_activation, stack.output_activation, loss, batch_loss, batch_correct)
+        key = ("stack", stack.dtype, X.dtype.name)
+        if key in self._compiled:
+            self._stack_epoch(*args)
+            return True
+        try:  # the first call compiles; a failure there changes nothing (the kernel runs after compiling)
+            self._stack_epoch(*args)
+        except Exception as exc:  # this stack trains with batched GEMMs; a later stack tries again
+            stack.fused_failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.warning("gpunet: fused stacked CPU step unavailable for this MLPStack (%s); using batched NumPy "
+                        "GEMMs", stack.fused_failed)
+            return False
+        self._compiled.add(key)
+        return True
+
