@@ -131,7 +131,7 @@ def stack_part(rounds, quick, notes):
 def _stack_row(name, layers, act, data, rounds, quick, notes, K=16, B=20):
     X, y = data()
     X, y = X.astype(np.float32), y.astype(np.float32)
-    epochs = 1 if quick else (2 if name == "sinc" else 6)
+    epochs = 1 if quick else (5 if name == "sinc" else 20)
     steps = epochs * -(-X.shape[0] // B)
     kw = dict(hidden_activation=act, output_activation="linear", dtype="float32", device="cpu")
     status = {}
