@@ -151,6 +151,39 @@ if numba is not None:
 
     # ------------------------------------------------------------------ the whole training step
     @numba.njit(inline="always")
+    def _tanh32(z):
+        """float32 tanh as Eigen computes it for XLA on the CPU (``generic_fast_tanh_float``): a 13/6 rational
+        approximation on [-7.905, 7.905], odd numerator and even denominator, within 3.5e-7 of tanh (6 float32
+        ulps at the clamp, NaN passes through, +-Inf gives +-(1 - 3e-7)). Pure arithmetic, so the loops that
+        call it vectorise: ~0.6 ns per value against ~19 ns for libm's tanhf, the largest cost of a small tanh
+        network's step. float64 keeps libm's tanh (:func:`_tanh`)."""
+        c = np.float32(7.90531110763549805)
+        x = c if z > c else z
+        x = -c if x < -c else x
+        x2 = x * x
+        p = x2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
+        p = x2 * p + np.float32(-8.60467152213735e-11)
+        p = x2 * p + np.float32(5.12229709037114e-08)
+        p = x2 * p + np.float32(1.48572235717979e-05)
+        p = x2 * p + np.float32(6.37261928875436e-04)
+        p = x2 * p + np.float32(4.89352455891786e-03)
+        p = x * p
+        q = x2 * np.float32(1.19825839466702e-06) + np.float32(1.18534705686654e-04)
+        q = x2 * q + np.float32(2.26843463243900e-03)
+        q = x2 * q + np.float32(4.89352518554385e-03)
+        return x if abs(z) < np.float32(0.0004) else p / q
+
+    def _tanh(z):
+        """tanh in the fused steps: :func:`_tanh32` for float32, libm's for float64 (chosen at compile time)."""
+        return math.tanh(z)
+
+    @numba.extending.overload(_tanh, inline="always")
+    def _tanh_overload(z):
+        if z == numba.types.float32:
+            return lambda z: _tanh32(z)
+        return lambda z: math.tanh(z)
+
+    @numba.njit(inline="always")
     def _act(z, code):
         if code == 1:
             return z if z > 0 else z * 0
@@ -158,7 +191,7 @@ if numba is not None:
             e = math.exp(-z if z >= 0 else z)
             return 1 / (1 + e) if z >= 0 else e / (1 + e)
         if code == 3:
-            return math.tanh(z)
+            return _tanh(z)
         return z
 
     @numba.njit(inline="always")
@@ -184,8 +217,9 @@ if numba is not None:
                     A[i, j] = z if z > 0 else z * 0
         elif code == 3:
             for i in range(r):
+                row = A[i]
                 for j in range(n):
-                    A[i, j] = math.tanh(A[i, j] + b[j])
+                    row[j] = _tanh(row[j] + b[j])
         else:
             for i in range(r):
                 for j in range(n):
