@@ -34,7 +34,6 @@ from gpunet.nn.initializers import initial_weights
 
 def mlp_part(rounds, quick, notes):
     rows = []
-    bench.configure_precision(False, notes)
     workloads = [("mnist", b) for b in ((128,) if quick else (32, 128, 1024))] + [("small", 20)]
     for kind, B in workloads:
         layers = bench.MNIST_LAYERS if kind == "mnist" else bench.SMALL_LAYERS
@@ -190,6 +189,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     rounds = 2 if a.quick else a.rounds
     notes = []
+    bench.configure_precision(False, notes)  # before anything imports JAX (machine_info reads its version)
     info = bench.machine_info("cpu")
     machine = f"{info.get('cpu')}, {info['cpu_count']} cores"
     print(f"machine: {machine}; load average at start {info.get('load_avg')}; numpy {info['numpy']}, "
