@@ -103,6 +103,10 @@ if numba is not None:
         # Multiplying by exactly 1 or adding exactly 0 leaves finite values unchanged.
         decay = one - lr * wd if decoupled else one
         coupled = p.dtype.type(0.0) if decoupled else wd
+        # m / (sqrt(v) / bc2 + eps) = bc2 * m / (sqrt(v) + bc2 * eps): one division per element instead of two
+        # (the loop is bound by the divider and the square root)
+        scaled_step = step_size * bc2_sqrt
+        scaled_eps = eps * bc2_sqrt
         if amsgrad:
             for i in range(p.size):
                 pi = p[i] * decay
@@ -112,7 +116,7 @@ if numba is not None:
                 vi = v[i] * beta2 + (one - beta2) * gi * gi
                 vm = vmax[i] if vmax[i] > vi else vi
                 m[i], v[i], vmax[i] = mi, vi, vm
-                p[i] = pi - step_size * (mi / (math.sqrt(vm) / bc2_sqrt + eps))
+                p[i] = pi - scaled_step * (mi / (math.sqrt(vm) + scaled_eps))
             return
         for i in range(p.size):
             pi = p[i] * decay
@@ -121,7 +125,7 @@ if numba is not None:
             mi = zero if abs(mi) < tiny else mi
             vi = v[i] * beta2 + (one - beta2) * gi * gi
             m[i], v[i] = mi, vi
-            p[i] = pi - step_size * (mi / (math.sqrt(vi) / bc2_sqrt + eps))
+            p[i] = pi - scaled_step * (mi / (math.sqrt(vi) + scaled_eps))
 
     @_njit(error_model="numpy", nogil=True)
     def _sgd(p, g, buf, lr, momentum, dampening, wd, nesterov, first):
