@@ -142,15 +142,26 @@ def _stack_row(name, layers, act, data, rounds, quick, notes, K=16, B=20):
                                              verbose=0)
         return time.perf_counter() - t0
 
-    def stacked():
+    def stacked(record=True):
         stack = gn.MLPStack(layers, seeds=range(K), **kw)
         t0 = time.perf_counter()
         stack.fit(X, y, epochs=epochs, batch_size=B, optimizer=gn.Adam(lr=1e-3))
         seconds = time.perf_counter() - t0
-        status.update(stack.fast_paths["fused_stack_step"])
+        if record:
+            status.update(stack.fast_paths["fused_stack_step"])
         return seconds
 
-    impls = {"sequential": sequential, "stack": stacked}
+    def stacked_one_thread():  # the fused stacked step on one core: how much of the stack's speed is threads
+        import numba  # noqa: PLC0415
+
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            return stacked(record=False)
+        finally:
+            numba.set_num_threads(threads)
+
+    impls = {"sequential": sequential, "stack": stacked, "stack-1-thread": stacked_one_thread}
     try:
         vm = JaxVmap(layers, act, X, y, K, B, steps * (rounds + 1))
         impls["jax-vmap"] = lambda: vm.run(steps)
@@ -177,7 +188,7 @@ def _stack_line(r):
     rv = f"{r['stack/jax-vmap']:.2f}x" if r["stack/jax-vmap"] is not None else "-"
     fused = "fused" if r["fused_stack_step"].get("live") else f"batched ({r['fused_stack_step'].get('reason')})"
     return (f"| {r['net']} {r['layers'] if len(r['layers']) < 5 else '[1, 50 x 9, 1]'} | {m['sequential']:,.0f} | "
-            f"{m['stack']:,.0f} ({fused}) | {vm} | {r['stack/sequential']:.2f}x | {rv} |")
+            f"{m['stack']:,.0f} ({fused}) | {m['stack-1-thread']:,.0f} | {vm} | {r['stack/sequential']:.2f}x | {rv} |")
 
 
 def main(argv=None):
@@ -201,8 +212,8 @@ def main(argv=None):
               "% of GEMM-only |\n|---|---|---|---|---|---|---|---|", flush=True)
         report["mlp"] = mlp_part(rounds, a.quick, notes)
     if a.part in ("all", "stack"):
-        print("\n| 16 models, batch 20, Adam | sequential fits (model-steps/s) | MLPStack | JAX vmap in one jit | "
-              "stack / sequential | stack / JAX vmap |\n|---|---|---|---|---|---|", flush=True)
+        print("\n| 16 models, batch 20, Adam | sequential fits (model-steps/s) | MLPStack | MLPStack, 1 thread | "
+              "JAX vmap in one jit | stack / sequential | stack / JAX vmap |\n|---|---|---|---|---|---|---|", flush=True)
         report["stack"] = stack_part(rounds, a.quick, notes)
     try:
         report["load_avg_end"] = os.getloadavg()

@@ -89,6 +89,9 @@ class MLPStack:
         #: how the last ``fit`` trained: ``{"fused_stack_step": {"live", "reason", "epochs"}}`` (also in every
         #: model's ``History.fast_paths``); ``live`` means every epoch of that fit ran in the fused step
         self.fast_paths = {}
+        #: the fused stacked step's record: epochs trained in it, the thread count of the last one, and the
+        #: latest seconds per model-step at each thread count it tried (:meth:`NumpyOps.stack_threads`)
+        self.fused_epochs, self.threads, self.thread_timings = 0, None, {}
         self._said = set()
 
     # ---------------------------------------------------------------- preprocessing shared by every model
@@ -246,6 +249,7 @@ class MLPStack:
                     scratch = batch_correct if classification else self.zeros((n_batches, K))
                     if self.ops.fused_stack_epoch(self, Xd, Yd, idx, B, opt, lrs, loss, batch_loss, scratch):
                         fused_epochs += 1
+                        self._say(f"fused stacked step on {self.threads} thread(s)", info=False)
                     else:
                         reason = self.ops.fused_stack_reason(self, opt)
                 if reason is not None:
@@ -272,17 +276,24 @@ class MLPStack:
                     h.seconds.append(seconds / K)
                 self.epochs_trained += 1
         status = {"live": reason is None, "reason": reason, "epochs": fused_epochs}
+        if fused_epochs:
+            status.update(threads=self.threads, us_per_model_step={n: round(s * 1e6, 2) for n, s in
+                                                                   sorted(self.thread_timings.items())})
         self.fast_paths = dict(self.ops.status(), fused_stack_step=status)
         for h in self.histories:
             h.fast_paths = dict(self.fast_paths)
         return self.histories
 
-    def _say(self, reason):
-        """Log once per stack and reason that it trains with batched GEMMs instead of the fused step."""
+    def _say(self, reason, info=True):
+        """Log once per stack and reason that it trains with batched GEMMs instead of the fused step (or, at
+        debug level, the thread count the fused step chose)."""
         if reason not in self._said:
             self._said.add(reason)
-            log.info("gpunet: MLPStack trains with batched %s GEMMs, not the fused stacked step: %s",
-                     self.backend.kind, reason)
+            if info:
+                log.info("gpunet: MLPStack trains with batched %s GEMMs, not the fused stacked step: %s",
+                         self.backend.kind, reason)
+            else:
+                log.debug("gpunet: MLPStack: %s", reason)
 
     def _batched_epoch(self, Xd, Yd, idx, B, sizes, opt, loss, batch_loss, batch_correct):
         """One epoch of every model with batched GEMMs over ``(K, rows, n)`` stacks (any namespace)."""

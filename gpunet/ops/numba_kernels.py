@@ -431,13 +431,15 @@ if numba is not None:
                 batch_loss[i, k] = value
                 batch_correct[i, k] = correct
 
-    def stack_epoch(X, Y, idx, B, sizes, params, grads, opt, lr, hidden, out_act, loss, batch_loss, batch_correct):
+    def stack_epoch(X, Y, idx, B, sizes, params, grads, opt, lr, hidden, out_act, loss, batch_loss, batch_correct,
+                    threads=None):
         """One epoch of K stacked models in one compiled call: gather, forward, loss, backward and the
         optimizer step of every batch (:func:`_stack_epoch`). ``opt`` is the stack's SGD, Adam or AdamW
         (state (K, n_params), updated in place; its step count is advanced here); ``lr`` the K learning rates
         (host). The per-step scalars are those :meth:`gpunet.optim.Adam.step` and :meth:`~gpunet.optim.SGD.step`
         give :func:`adam_step`/:func:`sgd_step` for one model alone, so model k's numbers are the ones it gets
-        alone (the same compiled step and optimizer, in the same order)."""
+        alone (the same compiled step and optimizer, in the same order). ``threads``: how many of Numba's
+        threads share the models (default all); the numbers do not depend on it."""
         t = params.dtype.type
         n_batches = batch_loss.shape[0]
         t0 = opt.step_count
@@ -461,9 +463,12 @@ if numba is not None:
         # models go to the threads one at a time, not in equal shares fixed up front: on a shared machine a
         # thread that loses its core then holds up one model, not half of them
         chunk = numba.set_parallel_chunksize(1)
+        before = numba.get_num_threads()
+        numba.set_num_threads(min(threads or before, numba.config.NUMBA_NUM_THREADS))
         try:
             _stack_epoch(X, Y, idx, B, sizes, params, grads, *args, batch_loss, batch_correct, *codes)
         finally:
+            numba.set_num_threads(before)
             numba.set_parallel_chunksize(chunk)
         opt.step_count = t0 + n_batches
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -159,14 +160,40 @@ class NumpyOps(ArrayOps):
                     f"a layer has over {self.FUSED_MAX_LAYER_WEIGHTS} weights (GEMM-bound: batched GEMMs are as fast)")
         return None
 
+    #: an epoch on the other thread count every this many epochs (the machine's load changes)
+    STACK_REPROBE_EPOCHS = 8
+
+    @staticmethod
+    def stack_threads(stack):
+        """How many threads the next fused stacked epoch of ``stack`` uses, by a measured rule: the models are
+        independent, so any count gives the same numbers, and the fastest is the one measured fastest. All of
+        Numba's threads and one are each tried once, then the faster of their latest times per model-step
+        (``stack.thread_timings``) is used, and the other is timed again every ``STACK_REPROBE_EPOCHS`` epochs:
+        on a quiet machine the threads share the models, on a busy one (where a descheduled thread holds up
+        the others at the end of the parallel loop) one thread avoids the wait."""
+        options = list(dict.fromkeys((numba_kernels.numba.get_num_threads(), 1)))
+        timings = stack.thread_timings
+        untried = [n for n in options if n not in timings]
+        if untried:
+            return untried[0]
+        best = min(options, key=timings.get)
+        if len(options) > 1 and stack.fused_epochs % NumpyOps.STACK_REPROBE_EPOCHS == 0:
+            return next(n for n in options if n != best)
+        return best
+
     def fused_stack_epoch(self, stack, X, Y, idx, B, opt, lr, loss, batch_loss, batch_correct):
         if self.fused_stack_reason(stack, opt) is not None:
             return False
+        threads = self.stack_threads(stack)
         args = (X, Y, idx, B, np.asarray(stack.layer_sizes, dtype=np.int64), stack.params, stack.grads, opt, lr,
-                stack.hidden_activation, stack.output_activation, loss, batch_loss, batch_correct)
+                stack.hidden_activation, stack.output_activation, loss, batch_loss, batch_correct, threads)
         key = ("stack", stack.dtype, X.dtype.name)
         if key in self._compiled:
+            t0 = time.perf_counter()
             self._stack_epoch(*args)
+            stack.thread_timings[threads] = (time.perf_counter() - t0) / (len(stack) * batch_loss.shape[0])
+            stack.fused_epochs += 1
+            stack.threads = threads
             return True
         try:  # the first call compiles; a failure there changes nothing (the kernel runs after compiling)
             self._stack_epoch(*args)
@@ -175,6 +202,8 @@ class NumpyOps(ArrayOps):
             log.warning("gpunet: fused stacked CPU step unavailable for this MLPStack (%s); using batched NumPy "
                         "GEMMs", stack.fused_failed)
             return False
-        self._compiled.add(key)
+        self._compiled.add(key)  # (this epoch's time includes compiling: not a timing)
+        stack.fused_epochs += 1
+        stack.threads = threads
         return True
 

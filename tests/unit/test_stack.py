@@ -139,6 +139,12 @@ def test_compare_chooses_stacked_or_sequential_by_a_measurement_and_says_so(tmp_
 
 
 # ---------------------------------------------------------------- the fused stacked CPU step
+def numba_threads():
+    import numba
+
+    return numba.get_num_threads()
+
+
 def _fused_stack_or_skip():
     from gpunet import backend
     from gpunet.ops import get_ops
@@ -185,7 +191,9 @@ def test_the_fused_stacked_step_trains_each_model_exactly_as_alone(net, make_opt
     seeds, lrs = [0, 7, 3], [0.01, 0.03, 0.002]
     stack = gn.MLPStack(layers, hidden, out, seeds=seeds, lr=lrs, dtype="float64")
     hists = stack.fit(X, y, epochs=3, batch_size=20, optimizer=make_opt(0.01), loss=loss)
-    assert stack.fast_paths["fused_stack_step"] == {"live": True, "reason": None, "epochs": 3}
+    st = stack.fast_paths["fused_stack_step"]
+    assert (st["live"], st["reason"], st["epochs"]) == (True, None, 3) and stack.fused_epochs == 3
+    assert st["threads"] in (1, numba_threads()) and set(st["us_per_model_step"]) <= {1, numba_threads()}
     assert all(h.fast_paths["fused_stack_step"]["epochs"] == 3 for h in hists)
     for k, (seed, lr) in enumerate(zip(seeds, lrs)):
         alone = gn.MLP(layers, hidden, out, seed=seed, dtype="float64")
