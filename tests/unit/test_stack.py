@@ -282,3 +282,33 @@ def test_gpunet_info_lists_the_fused_stacked_step():
     X = np.random.default_rng(8).uniform(-3, 3, (20, 2))
     strict.fit(X, _targets(X, "mse"), epochs=1, batch_size=8)
     assert "no fused stacked step" in strict.fast_paths["fused_stack_step"]["reason"]
+
+
+def test_the_fused_stacked_step_picks_its_thread_count_by_timing(monkeypatch):
+    """All threads and one are each timed once, then the faster is used and the other retimed every
+    STACK_REPROBE_EPOCHS epochs; a fit reports the count it used."""
+    ops = _fused_stack_or_skip()
+    import numba
+
+    from gpunet.ops.numpy_ops import NumpyOps
+
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 4)
+    stack = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64")
+    assert NumpyOps.stack_threads(stack) == 4
+    stack.thread_timings[4] = 2e-6
+    assert NumpyOps.stack_threads(stack) == 1
+    stack.thread_timings[1] = 1e-6
+    stack.fused_epochs = 3
+    assert NumpyOps.stack_threads(stack) == 1
+    stack.fused_epochs = NumpyOps.STACK_REPROBE_EPOCHS
+    assert NumpyOps.stack_threads(stack) == 4
+    stack.thread_timings[1] = 3e-6
+    stack.fused_epochs = 9
+    assert NumpyOps.stack_threads(stack) == 4
+    monkeypatch.undo()
+    X = np.random.default_rng(9).uniform(-3, 3, (40, 2))
+    fresh = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64")
+    fresh.fit(X, _targets(X, "mse"), epochs=3, batch_size=8, optimizer=gn.Adam())
+    st = fresh.fast_paths["fused_stack_step"]
+    assert st["threads"] in fresh.thread_timings and st["epochs"] == 3 == fresh.fused_epochs
+    assert ops.status()["fused_stack_step"]["live"]
