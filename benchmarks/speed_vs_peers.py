@@ -196,16 +196,34 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="smoke test: batch 128 only, few steps, 2 rounds")
     p.add_argument("--part", choices=("all", "mlp", "stack"), default="all")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for every library (BLAS via threadpoolctl, PyTorch, Numba, XLA); default: all cores")
     p.add_argument("--out", default="benchmarks/results/speed-vs-peers.json")
     a = p.parse_args(argv)
     rounds = 2 if a.quick else a.rounds
     notes = []
+    if a.threads:  # before JAX and PyTorch start their thread pools
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                                   + ("true" if a.threads > 1 else "false")
+                                   + f" intra_op_parallelism_threads={a.threads}").strip()
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+        threadpool_limits(a.threads)
+        import numba  # noqa: PLC0415
+
+        numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            import torch  # noqa: PLC0415
+
+            torch.set_num_threads(a.threads)
+        except ImportError:
+            pass
     bench.configure_precision(False, notes)  # before anything imports JAX (machine_info reads its version)
     info = bench.machine_info("cpu")
     machine = f"{info.get('cpu')}, {info['cpu_count']} cores"
-    print(f"machine: {machine}; load average at start {info.get('load_avg')}; numpy {info['numpy']}, "
+    print(f"machine: {machine}; threads {a.threads or 'all'}; load average at start {info.get('load_avg')}; numpy {info['numpy']}, "
           f"numba {info.get('numba')}, torch {info.get('torch')}, jax {info.get('jax')}", flush=True)
-    report = {"machine": machine, "machine_info": info, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    report = {"machine": machine, "machine_info": info, "threads": a.threads or os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "rounds": rounds, "notes": notes}
     if a.part in ("all", "mlp"):
         print("\n| workload | gpunet samples/s | jax.jit | torch eager | GEMM-only | gpunet / jax | gpunet / torch | "
