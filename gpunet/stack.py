@@ -19,6 +19,7 @@ randomness (permutations, dropout masks) goes through the backend.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 
@@ -29,6 +30,8 @@ from gpunet.errors import DivergenceError
 from gpunet.model import MLP
 from gpunet.nn import activations, losses
 from gpunet.training import EpochSnapshot, batch_sizes
+
+log = logging.getLogger("gpunet")
 
 
 class MLPStack:
@@ -81,6 +84,15 @@ class MLPStack:
         self.optimizer, self.loss, self.epochs_trained = None, None, 0
         self.histories = [_callbacks.History() for _ in seeds]
         self._views = None
+        #: set (to the reason) when the fused stacked CPU step failed to compile for this stack
+        self.fused_failed = None
+        #: how the last ``fit`` trained: ``{"fused_stack_step": {"live", "reason", "epochs"}}`` (also in every
+        #: model's ``History.fast_paths``); ``live`` means every epoch of that fit ran in the fused step
+        self.fast_paths = {}
+        #: the fused stacked step's record: epochs trained in it, the thread count of the last one, and the
+        #: latest seconds per model-step at each thread count it tried (:meth:`NumpyOps.stack_threads`)
+        self.fused_epochs, self.threads, self.thread_timings = 0, None, {}
+        self._said = set()
 
     # ---------------------------------------------------------------- preprocessing shared by every model
     def set_preprocessing(self, input_mean=None, input_scale=None, classes=None):
@@ -215,11 +227,14 @@ class MLPStack:
         opt = self._stacked_optimizer(optimizer)
         # ---- nothing above changed any state ----
         self.optimizer, self.loss = opt, loss
-        xp, be, K = self.xp, self.backend, len(self)
+        be, K = self.backend, len(self)
         n = Xd.shape[0]
         B, sizes = batch_sizes(n, batch_size)
         n_batches = sizes.shape[0]
         classification = loss in losses.CLASSIFICATION
+        lrs = self.lr if self.lr is not None else [opt.lr] * K
+        reason = self.ops.fused_stack_reason(self, opt)
+        fused_epochs = 0
         with be.activate(), np.errstate(all="ignore"):
             snapshot = EpochSnapshot(self.zeros, self.params, opt, self._models)
             for _ in range(epochs):
@@ -230,16 +245,16 @@ class MLPStack:
                 batch_loss = self.zeros((n_batches, K))
                 batch_correct = self.zeros((n_batches, K)) if classification else None
                 t0 = time.perf_counter()
-                for i in range(n_batches):
-                    s, r = i * B, int(sizes[i])
-                    rows = xp.reshape(idx[:, s:s + r], (-1,))
-                    x = xp.reshape(xp.take(Xd, rows, axis=0), (K, r, Xd.shape[1]))
-                    yb = xp.reshape(xp.take(Yd, rows, axis=0), (K, r, Yd.shape[1]))
-                    value, a_out = self._step(x, yb, loss, self._masks(r))
-                    opt.step(self.params, self.grads)
-                    batch_loss[i, ...] = value
-                    if classification:
-                        batch_correct[i, ...] = losses.correct(loss, a_out, yb)
+                if reason is None:  # the whole epoch in one compiled call (gpunet.ops.numba_kernels.stack_epoch)
+                    scratch = batch_correct if classification else self.zeros((n_batches, K))
+                    if self.ops.fused_stack_epoch(self, Xd, Yd, idx, B, opt, lrs, loss, batch_loss, scratch):
+                        fused_epochs += 1
+                        self._say(f"fused stacked step on {self.threads} thread(s)", info=False)
+                    else:
+                        reason = self.ops.fused_stack_reason(self, opt)
+                if reason is not None:
+                    self._say(reason)
+                    self._batched_epoch(Xd, Yd, idx, B, sizes, opt, loss, batch_loss, batch_correct)
                 host_loss = be.to_host(batch_loss)
                 seconds = time.perf_counter() - t0
                 bad = ~np.isfinite(host_loss).all(axis=0)
@@ -252,7 +267,6 @@ class MLPStack:
                 epoch_loss = sizes @ host_loss / n
                 acc = (be.to_host(batch_correct).sum(axis=0) / losses.accuracy_count(loss, n, self.layer_sizes[-1])
                        if classification else None)
-                lrs = self.lr if self.lr is not None else [opt.lr] * K
                 for k, h in enumerate(self.histories):
                     logs = {"loss": float(epoch_loss[k])}
                     if classification:
@@ -261,7 +275,39 @@ class MLPStack:
                     h.on_epoch_end(epoch, logs)
                     h.seconds.append(seconds / K)
                 self.epochs_trained += 1
+        status = {"live": reason is None, "reason": reason, "epochs": fused_epochs}
+        if fused_epochs:
+            status.update(threads=self.threads, us_per_model_step={n: round(s * 1e6, 2) for n, s in
+                                                                   sorted(self.thread_timings.items())})
+        self.fast_paths = dict(self.ops.status(), fused_stack_step=status)
+        for h in self.histories:
+            h.fast_paths = dict(self.fast_paths)
         return self.histories
+
+    def _say(self, reason, info=True):
+        """Log once per stack and reason that it trains with batched GEMMs instead of the fused step (or, at
+        debug level, the thread count the fused step chose)."""
+        if reason not in self._said:
+            self._said.add(reason)
+            if info:
+                log.info("gpunet: MLPStack trains with batched %s GEMMs, not the fused stacked step: %s",
+                         self.backend.kind, reason)
+            else:
+                log.debug("gpunet: MLPStack: %s", reason)
+
+    def _batched_epoch(self, Xd, Yd, idx, B, sizes, opt, loss, batch_loss, batch_correct):
+        """One epoch of every model with batched GEMMs over ``(K, rows, n)`` stacks (any namespace)."""
+        xp, K = self.xp, len(self)
+        for i in range(sizes.shape[0]):
+            s, r = i * B, int(sizes[i])
+            rows = xp.reshape(idx[:, s:s + r], (-1,))
+            x = xp.reshape(xp.take(Xd, rows, axis=0), (K, r, Xd.shape[1]))
+            yb = xp.reshape(xp.take(Yd, rows, axis=0), (K, r, Yd.shape[1]))
+            value, a_out = self._step(x, yb, loss, self._masks(r))
+            opt.step(self.params, self.grads)
+            batch_loss[i, ...] = value
+            if batch_correct is not None:
+                batch_correct[i, ...] = losses.correct(loss, a_out, yb)
 
     # ------------------------------------------------------------------ results
     def models(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -25,6 +26,7 @@ class NumpyOps(ArrayOps):
         self.adam = numba_kernels.adam_step
         self.sgd = numba_kernels.sgd_step
         self._mlp_step = numba_kernels.mlp_step
+        self._stack_epoch = numba_kernels.stack_epoch
         self._compiled = set()
 
     def status(self):
@@ -33,7 +35,10 @@ class NumpyOps(ArrayOps):
             why = "Numba could not compile gpunet's kernels"
         return {"fused_step": {"live": why is None, "reason": why, "note": "networks with layers up to 256 x 256 "
                                "weights, without dropout, sample weights or the poisson loss (L1/L2 are added after it)"},
-                "fused_optimizer": {"live": self.adam is not None, "reason": None if self.adam is not None else why}}
+                "fused_optimizer": {"live": self.adam is not None, "reason": None if self.adam is not None else why},
+                "fused_stack_step": {"live": why is None and self._stack_epoch is not None, "reason": why,
+                                     "note": "MLPStack: one compiled call per epoch, the models in parallel; "
+                                             "SGD, Adam or AdamW, the fused step's limits"}}
 
     # np.dot has ~0.5 us less overhead per call than np.matmul on 2-D operands (same BLAS GEMM)
     def matmul(self, a, b, out):
@@ -142,3 +147,72 @@ class NumpyOps(ArrayOps):
             return forced == "1"
         sizes = model.layer_sizes
         return max(a * b for a, b in zip(sizes[:-1], sizes[1:])) <= self.FUSED_MAX_LAYER_WEIGHTS
+
+    #: the optimizers the fused stacked epoch runs (their fused single-model kernels)
+    STACK_OPTIMIZERS = ("sgd", "adam", "adamw")
+
+    def fused_stack_reason(self, stack, opt):
+        if self._stack_epoch is None:
+            return self.status()["fused_stack_step"]["reason"] or "Numba could not compile gpunet's kernels"
+        if stack.dropout or stack.l1 or stack.l2:
+            return "dropout and L1/L2 penalties are not in the fused step"
+        if opt.name not in self.STACK_OPTIMIZERS:
+            return f"the {opt.name} optimizer is not in the fused stacked step"
+        loss = stack.loss or {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy",
+                              "exp": "poisson"}.get(stack.output_activation, "mse")
+        if not numba_kernels.supports(stack.hidden_activation, stack.output_activation, loss):
+            return f"the {stack.output_activation} output or the {loss} loss is not in the fused stacked step"
+        if stack.fused_failed:
+            return f"the fused stacked step failed to compile ({stack.fused_failed})"
+        if not self._fusable(stack):
+            return ("GPUNET_FUSED=0" if os.environ.get("GPUNET_FUSED") == "0" else
+                    f"a layer has over {self.FUSED_MAX_LAYER_WEIGHTS} weights (GEMM-bound: batched GEMMs are as fast)")
+        return None
+
+    #: an epoch on the other thread count every this many epochs (the machine's load changes)
+    STACK_REPROBE_EPOCHS = 8
+
+    @staticmethod
+    def stack_threads(stack):
+        """How many threads the next fused stacked epoch of ``stack`` uses, by a measured rule: the models are
+        independent, so any count gives the same numbers, and the fastest is the one measured fastest. All of
+        Numba's threads and one are each tried once, then the faster of their latest times per model-step
+        (``stack.thread_timings``) is used, and the other is timed again every ``STACK_REPROBE_EPOCHS`` epochs:
+        on a quiet machine the threads share the models, on a busy one (where a descheduled thread holds up
+        the others at the end of the parallel loop) one thread avoids the wait."""
+        options = list(dict.fromkeys((numba_kernels.numba.get_num_threads(), 1)))
+        timings = stack.thread_timings
+        untried = [n for n in options if n not in timings]
+        if untried:
+            return untried[0]
+        best = min(options, key=timings.get)
+        if len(options) > 1 and stack.fused_epochs % NumpyOps.STACK_REPROBE_EPOCHS == 0:
+            return next(n for n in options if n != best)
+        return best
+
+    def fused_stack_epoch(self, stack, X, Y, idx, B, opt, lr, loss, batch_loss, batch_correct):
+        if self.fused_stack_reason(stack, opt) is not None:
+            return False
+        threads = self.stack_threads(stack)
+        args = (X, Y, idx, B, np.asarray(stack.layer_sizes, dtype=np.int64), stack.params, stack.grads, opt, lr,
+                stack.hidden_activation, stack.output_activation, loss, batch_loss, batch_correct, threads)
+        key = ("stack", stack.dtype, X.dtype.name)
+        if key in self._compiled:
+            t0 = time.perf_counter()
+            self._stack_epoch(*args)
+            stack.thread_timings[threads] = (time.perf_counter() - t0) / (len(stack) * batch_loss.shape[0])
+            stack.fused_epochs += 1
+            stack.threads = threads
+            return True
+        try:  # the first call compiles; a failure there changes nothing (the kernel runs after compiling)
+            self._stack_epoch(*args)
+        except Exception as exc:  # this stack trains with batched GEMMs; a later stack tries again
+            stack.fused_failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.warning("gpunet: fused stacked CPU step unavailable for this MLPStack (%s); using batched NumPy "
+                        "GEMMs", stack.fused_failed)
+            return False
+        self._compiled.add(key)  # (this epoch's time includes compiling: not a timing)
+        stack.fused_epochs += 1
+        stack.threads = threads
+        return True
+

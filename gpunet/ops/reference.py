@@ -113,3 +113,13 @@ class ArrayOps:
         ``model.grads``; returns (loss, correct) or ``None`` when this backend has no fused step
         for the model (then the primitives above are used)."""
         return None
+
+    def fused_stack_reason(self, stack, opt):
+        """Why :meth:`fused_stack_epoch` cannot train ``stack`` with ``opt`` (``None``: it can)."""
+        return f"no fused stacked step on the {self.name} ops (batched GEMMs in the array namespace)"
+
+    def fused_stack_epoch(self, stack, X, Y, idx, B, opt, lr, loss, batch_loss, batch_correct):
+        """One epoch of every model of ``stack`` (gather, forward, loss, backward, optimizer) in fused code;
+        returns whether it ran (when not, nothing changed and the stack trains with its batched GEMMs)."""
+        return False
+

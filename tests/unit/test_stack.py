@@ -136,3 +136,179 @@ def test_compare_chooses_stacked_or_sequential_by_a_measurement_and_says_so(tmp_
     results = json.loads((tmp_path / "c" / "compare.json").read_text())["results"]
     for (how, stacked_ms, sequential_ms), row in zip(lines, results):
         assert row["stacked"] == (how == "together as one MLPStack") == (float(stacked_ms) < float(sequential_ms))
+
+
+# ---------------------------------------------------------------- the fused stacked CPU step
+def numba_threads():
+    import numba
+
+    return numba.get_num_threads()
+
+
+def _fused_stack_or_skip():
+    from gpunet import backend
+    from gpunet.ops import get_ops
+
+    ops = get_ops(backend.resolve("cpu"))
+    if ops._stack_epoch is None:
+        pytest.skip("Numba not installed: no fused stacked step")
+    return ops
+
+
+_OPTIMIZERS = [
+    lambda lr: gn.SGD(lr=lr),
+    lambda lr: gn.SGD(lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    lambda lr: gn.SGD(lr=lr, momentum=0.8, dampening=0.1),
+    lambda lr: gn.Adam(lr=lr),
+    lambda lr: gn.Adam(lr=lr, amsgrad=True, weight_decay=1e-3),
+    lambda lr: gn.AdamW(lr=lr, weight_decay=1e-2),
+]
+_NETS = [  # (layers, hidden, output activation, loss, classification)
+    ([2, 16, 16, 1], "tanh", "linear", "mse", False),
+    ([2, 12, 1], "relu", "linear", "mae", False),
+    ([2, 8, 8, 3], "sigmoid", "softmax", "cross_entropy", True),
+    ([2, 10, 2], "relu", "sigmoid", "binary_cross_entropy", False),
+]
+
+
+def _targets(X, loss):
+    if loss == "cross_entropy":
+        return (X[:, 0] > 0).astype(int) + (X[:, 1] > 1)
+    if loss == "binary_cross_entropy":
+        return np.column_stack([X[:, 0] > 0, X[:, 1] > 0]).astype(float)
+    return np.sin(X[:, :1]) * np.cos(X[:, 1:])
+
+
+@pytest.mark.parametrize("make_opt", _OPTIMIZERS)
+@pytest.mark.parametrize("net", _NETS, ids=[n[3] for n in _NETS])
+def test_the_fused_stacked_step_trains_each_model_exactly_as_alone(net, make_opt):
+    """The fused stacked step runs model k through the single-model fused step and optimizer in the order
+    it takes them alone: the weights and optimizer state are bit for bit those of ``MLP(seed=s).fit``."""
+    _fused_stack_or_skip()
+    layers, hidden, out, loss, classification = net
+    X = np.random.default_rng(4).uniform(-3, 3, (97, 2))
+    y = _targets(X, loss)
+    seeds, lrs = [0, 7, 3], [0.01, 0.03, 0.002]
+    stack = gn.MLPStack(layers, hidden, out, seeds=seeds, lr=lrs, dtype="float64")
+    hists = stack.fit(X, y, epochs=3, batch_size=20, optimizer=make_opt(0.01), loss=loss)
+    st = stack.fast_paths["fused_stack_step"]
+    assert (st["live"], st["reason"], st["epochs"]) == (True, None, 3) and stack.fused_epochs == 3
+    assert st["threads"] in (1, numba_threads()) and set(st["us_per_model_step"]) <= {1, numba_threads()}
+    assert all(h.fast_paths["fused_stack_step"]["epochs"] == 3 for h in hists)
+    for k, (seed, lr) in enumerate(zip(seeds, lrs)):
+        alone = gn.MLP(layers, hidden, out, seed=seed, dtype="float64")
+        h = alone.fit(X, y, epochs=3, batch_size=20, optimizer=make_opt(lr), loss=loss, verbose=0)
+        assert h.fast_paths["fused_step"]["live"]
+        model = stack.models()[k]
+        np.testing.assert_array_equal(model.params, alone.params)
+        for name, v in alone.optimizer.state.items():
+            np.testing.assert_array_equal(model.optimizer.state[name], v)
+        assert model.optimizer.step_count == alone.optimizer.step_count == 15
+        np.testing.assert_allclose(hists[k].history["loss"], h.history["loss"], rtol=1e-12)
+        if classification:
+            assert hists[k].history["accuracy"] == pytest.approx(h.history["accuracy"], abs=1e-12)
+
+
+@pytest.mark.parametrize("make_opt", _OPTIMIZERS[1:5:3])
+@pytest.mark.parametrize("net", _NETS, ids=[n[3] for n in _NETS])
+def test_the_fused_stacked_step_equals_the_batched_reference_step(net, make_opt, monkeypatch):
+    """Parity with the reference: the stack's batched Array-API step (the nn.activations / nn.losses
+    expressions and the reference optimizer maths), which $GPUNET_FUSED=0 selects and reports."""
+    _fused_stack_or_skip()
+    layers, hidden, out, loss, classification = net
+    X = np.random.default_rng(5).uniform(-3, 3, (83, 2))
+    y = _targets(X, loss)
+    kw = dict(seeds=[1, 2], lr=[0.02, 0.005], dtype="float64")
+    fused = gn.MLPStack(layers, hidden, out, **kw)
+    hf = fused.fit(X, y, epochs=2, batch_size=16, optimizer=make_opt(0.01), loss=loss)
+    monkeypatch.setenv("GPUNET_FUSED", "0")
+    ref = gn.MLPStack(layers, hidden, out, **kw)
+    hr = ref.fit(X, y, epochs=2, batch_size=16, optimizer=make_opt(0.01), loss=loss)
+    assert fused.fast_paths["fused_stack_step"]["live"] and fused.fast_paths["fused_stack_step"]["epochs"] == 2
+    assert ref.fast_paths["fused_stack_step"] == {"live": False, "reason": "GPUNET_FUSED=0", "epochs": 0}
+    np.testing.assert_allclose(fused.params, ref.params, rtol=1e-11, atol=1e-13)
+    for name, v in ref.optimizer.state.items():
+        np.testing.assert_allclose(fused.optimizer.state[name], v, rtol=1e-10, atol=1e-13)
+    for a, b in zip(hf, hr):
+        np.testing.assert_allclose(a.history["loss"], b.history["loss"], rtol=1e-11)
+
+
+def test_a_stack_the_fused_step_cannot_train_says_why_once(caplog):
+    _fused_stack_or_skip()
+    import logging
+
+    X = np.random.default_rng(6).uniform(-3, 3, (40, 2))
+    stack = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64", dropout=0.1)
+    with caplog.at_level(logging.INFO, logger="gpunet"):
+        hists = stack.fit(X, _targets(X, "mse"), epochs=3, batch_size=8, optimizer=gn.Adam())
+    assert stack.fast_paths["fused_stack_step"] == {
+        "live": False, "reason": "dropout and L1/L2 penalties are not in the fused step", "epochs": 0}
+    assert hists[0].fast_paths["fused_stack_step"]["live"] is False
+    assert caplog.text.count("not the fused stacked step: dropout") == 1
+
+
+def test_a_failed_fused_stack_compile_falls_back_loudly_and_changes_nothing(monkeypatch, caplog):
+    ops = _fused_stack_or_skip()
+    X = np.random.default_rng(7).uniform(-3, 3, (40, 2))
+    y = _targets(X, "mse")
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("simulated compile failure")
+    monkeypatch.setattr(ops, "_stack_epoch", broken)
+    monkeypatch.setattr(ops, "_compiled", set())
+    stack = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64")
+    stack.fit(X, y, epochs=2, batch_size=8, optimizer=gn.Adam(lr=0.01))
+    assert len(calls) == 1 and caplog.text.count("fused stacked CPU step unavailable") == 1
+    st = stack.fast_paths["fused_stack_step"]
+    assert st["live"] is False and "simulated compile failure" in st["reason"] and st["epochs"] == 0
+    monkeypatch.undo()
+    again = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64")
+    again.fit(X, y, epochs=2, batch_size=8, optimizer=gn.Adam(lr=0.01))
+    assert again.fast_paths["fused_stack_step"]["live"]
+    np.testing.assert_allclose(stack.params, again.params, rtol=1e-11, atol=1e-13)
+
+
+def test_gpunet_info_lists_the_fused_stacked_step():
+    from gpunet import backend
+    from gpunet.cli import info
+
+    ops = _fused_stack_or_skip()
+    assert ops.status()["fused_stack_step"]["live"] is True
+    assert "fused_stack_step" in info.fast_path_lines(backend.CPU)
+    pytest.importorskip("array_api_strict")
+    strict = gn.MLPStack([2, 6, 1], "tanh", seeds=[0], dtype="float64", device=strict_backend())
+    X = np.random.default_rng(8).uniform(-3, 3, (20, 2))
+    strict.fit(X, _targets(X, "mse"), epochs=1, batch_size=8)
+    assert "no fused stacked step" in strict.fast_paths["fused_stack_step"]["reason"]
+
+
+def test_the_fused_stacked_step_picks_its_thread_count_by_timing(monkeypatch):
+    """All threads and one are each timed once, then the faster is used and the other retimed every
+    STACK_REPROBE_EPOCHS epochs; a fit reports the count it used."""
+    ops = _fused_stack_or_skip()
+    import numba
+
+    from gpunet.ops.numpy_ops import NumpyOps
+
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 4)
+    stack = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64")
+    assert NumpyOps.stack_threads(stack) == 4
+    stack.thread_timings[4] = 2e-6
+    assert NumpyOps.stack_threads(stack) == 1
+    stack.thread_timings[1] = 1e-6
+    stack.fused_epochs = 3
+    assert NumpyOps.stack_threads(stack) == 1
+    stack.fused_epochs = NumpyOps.STACK_REPROBE_EPOCHS
+    assert NumpyOps.stack_threads(stack) == 4
+    stack.thread_timings[1] = 3e-6
+    stack.fused_epochs = 9
+    assert NumpyOps.stack_threads(stack) == 4
+    monkeypatch.undo()
+    X = np.random.default_rng(9).uniform(-3, 3, (40, 2))
+    fresh = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64")
+    fresh.fit(X, _targets(X, "mse"), epochs=3, batch_size=8, optimizer=gn.Adam())
+    st = fresh.fast_paths["fused_stack_step"]
+    assert st["threads"] in fresh.thread_timings and st["epochs"] == 3 == fresh.fused_epochs
+    assert ops.status()["fused_stack_step"]["live"]
