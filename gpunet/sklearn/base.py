@@ -73,6 +73,17 @@ class Solver:
         return False
 
 
+def reported(net, out_activation, value, scale):
+    """scikit-learn's value of its objective from gpunet's scaled one (``value``, the network at the point):
+    the same but for the multi-output squared error, whose value scikit-learn averages over the outputs (its
+    gradient sums them; so does its L-BFGS, which sees this value with that gradient)."""
+    k = net.layer_sizes[-1]
+    if out_activation != "identity" or k == 1:
+        return value
+    penalty = scale * net.l2 * sum(float((W * W).sum()) for W in net.get_weights()[0::2])
+    return (value - penalty) / k + penalty
+
+
 class Epochs(_callbacks.Callback):
     """scikit-learn's per-iteration bookkeeping inside one gpunet ``fit``: ``loss_curve_``, ``t_``, the
     no-improvement count (training loss, or validation score with early stopping), the learning-rate
@@ -83,12 +94,7 @@ class Epochs(_callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         est, s = self.est, self.s
-        loss = s["scale"] * float(logs["loss"])
-        k = self.model.layer_sizes[-1]
-        if s["out_activation_"] == "identity" and k > 1:
-            # scikit-learn reports half the squared error averaged over the outputs (its gradient sums them)
-            penalty = s["scale"] * self.model.l2 * sum(float((W * W).sum()) for W in self.model.get_weights()[0::2])
-            loss = (loss - penalty) / k + penalty
+        loss = reported(self.model, s["out_activation_"], s["scale"] * float(logs["loss"]), s["scale"])
         s["n_iter_"] += 1
         s["t_"] += self.n_train
         s["loss_"] = loss
@@ -277,7 +283,8 @@ class BaseMLP(BaseEstimator):
         total = float(np.sum(sample_weight)) if sample_weight is not None else float(X.shape[0])
         net.l2 = self.alpha / (2.0 * s["scale"] * total)
         result = training.lbfgs.minimize(net, X, Y, loss=loss, sample_weight=sample_weight, max_iter=self.max_iter,
-                                         max_fun=self.max_fun, tol=self.tol, scale=s["scale"])
+                                         max_fun=self.max_fun, tol=self.tol, scale=s["scale"],
+                                         value=lambda v: reported(net, s["out_activation_"], v, s["scale"]))
         if result.status != 0:
             warnings.warn("lbfgs failed to converge after %d iteration(s) (status=%d):\n%s\n\nIncrease the number of "
                           "iterations to improve the convergence (max_iter=%d).\nYou might also want to scale the "
@@ -379,7 +386,7 @@ class BaseMLP(BaseEstimator):
         X = X.toarray() if hasattr(X, "toarray") else X
         value, grads = net.loss_and_gradients(X, Y, loss=LOSS[self.out_activation_], sample_weight=sample_weight)
         packed = np.concatenate([np.ravel(g) for g in grads[0::2] + grads[1::2]])
-        return scale * value, scale * packed
+        return reported(net, self.out_activation_, scale * value, scale), scale * packed
 
     # ------------------------------------------------------------------ prediction
     def _forward(self, X):
