@@ -141,6 +141,8 @@ class BaseMLP(BaseEstimator):
         sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
         if np.any(np.array(sizes) <= 0):
             raise ValueError("hidden_layer_sizes must be > 0, got %s." % sizes)
+        if any(int(s) != s for s in sizes):
+            raise ValueError("hidden_layer_sizes must be whole numbers of units, got %s." % sizes)
         return [int(s) for s in sizes]
 
     def _scale(self, out_activation, n_outputs):
@@ -172,6 +174,9 @@ class BaseMLP(BaseEstimator):
         """The fitted network, rebuilt from ``coefs_``/``intercepts_`` when those were replaced or edited."""
         weights = [w for pair in zip(self.coefs_, self.intercepts_) for w in pair]
         net = getattr(self, "model_", None)
+        if net is not None and (net.hidden_activation, net.output_activation) != \
+                (HIDDEN[self.activation], OUTPUT[self.out_activation_]):
+            net = None  # ``activation`` set after the fit: scikit-learn's forward pass reads it, so does ours
         exported = getattr(self, "_exported", None)
         flat = np.concatenate([np.ravel(np.asarray(w, dtype=np.float64)) for w in weights])
         if net is not None and exported is not None and exported.shape == flat.shape and np.array_equal(exported, flat):
@@ -242,17 +247,14 @@ class BaseMLP(BaseEstimator):
             net = self._build_net(units, out, dtype, self._init_weights(rs, units, dtype), int(rs.randint(0, 2**31 - 1)))
             s.update(n_iter_=0, t_=0, n_outputs_=n_outputs, n_layers_=len(units), out_activation_=out)
             if self.solver != "lbfgs":
-                s.update(loss_curve_=[], _no_improvement_count=0)
-                if self.early_stopping:
-                    s.update(validation_scores_=[], best_validation_score_=-np.inf, best_loss_=None)
-                else:
-                    s.update(best_loss_=np.inf, validation_scores_=None, best_validation_score_=None)
+                self._fresh_bookkeeping(s)
         else:
             if list(units) != [np.shape(self.coefs_[0])[0]] + [np.shape(c)[1] for c in self.coefs_]:
                 raise ValueError(f"warm_start / partial_fit continue the fitted network {self.n_features_in_} -> "
                                  f"{[np.shape(c)[1] for c in self.coefs_]}; these data and hidden_layer_sizes need "
                                  f"{units}: refit with warm_start=False")
             net = self._net()
+            net.dropout = float(self.dropout)
             s.update(n_outputs_=self.n_outputs_, n_layers_=self.n_layers_, out_activation_=self.out_activation_)
             for key in ("n_iter_", "t_", "loss_curve_", "_no_improvement_count", "validation_scores_",
                         "best_validation_score_", "best_loss_"):
@@ -260,6 +262,8 @@ class BaseMLP(BaseEstimator):
                     value = getattr(self, key)
                     s[key] = list(value) if isinstance(value, list) else value
             s.setdefault("t_", 0)
+            if self.solver != "lbfgs" and "loss_curve_" not in s:  # stochastic training after an L-BFGS fit
+                self._fresh_bookkeeping(s)
         s["scale"] = self._scale(s["out_activation_"], n_outputs)
         loss = LOSS[s["out_activation_"]]
         with warnings.catch_warnings():
@@ -278,6 +282,13 @@ class BaseMLP(BaseEstimator):
         s["_optimizer"] = s.pop("solver", None) or getattr(self, "_optimizer", None)
         s.pop("scale", None)
         return s
+
+    def _fresh_bookkeeping(self, s):
+        s.update(loss_curve_=[], _no_improvement_count=0)
+        if self.early_stopping:
+            s.update(validation_scores_=[], best_validation_score_=-np.inf, best_loss_=None)
+        else:
+            s.update(best_loss_=np.inf, validation_scores_=None, best_validation_score_=None)
 
     def _fit_lbfgs(self, net, X, Y, sample_weight, loss, s):
         total = float(np.sum(sample_weight)) if sample_weight is not None else float(X.shape[0])

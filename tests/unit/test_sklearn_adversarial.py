@@ -40,3 +40,56 @@ def test_lbfgs_multi_output_regression_is_scikit_learns(weighted):
                                           [np.empty_like(c) for c in theirs.coefs_],
                                           [np.empty_like(b) for b in theirs.intercepts_])
     assert value == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("continue_with", ["warm_start", "partial_fit"])
+def test_stochastic_training_continues_an_lbfgs_fit(continue_with):
+    """fit(solver='lbfgs') then warm fit / partial_fit with adam: a KeyError from the missing loss curve before."""
+    X, y, _, _ = _data()
+    clf = MLPClassifier(solver="lbfgs", hidden_layer_sizes=(5,), max_iter=5, random_state=0, device="cpu",
+                        warm_start=continue_with == "warm_start")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+        start = [c.copy() for c in clf.coefs_]
+        clf.set_params(solver="adam", early_stopping=continue_with == "warm_start")
+        clf.fit(X, y) if continue_with == "warm_start" else clf.partial_fit(X, y)
+    assert len(clf.loss_curve_) == clf.n_iter_ >= 1
+    assert np.abs(clf.coefs_[0] - start[0]).max() < 0.05  # continued from the L-BFGS weights, not re-initialised
+
+
+@pytest.mark.parametrize("how", ["predict", "warm_start"])
+def test_activation_set_after_fit_is_used(how):
+    """scikit-learn's forward pass reads ``activation``: set_params(activation=...) after a fit changes the
+    predictions (and a warm start trains with it); gpunet kept the fitted network's, silently."""
+    from sklearn.neural_network import MLPClassifier as SkClassifier
+    X, y, _, _ = _data()
+    kw = dict(hidden_layer_sizes=(5,), max_iter=5, random_state=0, warm_start=how == "warm_start")
+    out = []
+    for est in (MLPClassifier(device="cpu", **kw), SkClassifier(**kw)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, y)
+            est.set_params(activation="tanh")
+            if how == "warm_start":
+                est.fit(X, y)
+        out.append(est.predict_proba(X))
+    np.testing.assert_allclose(out[0], out[1], atol=1e-5)
+
+
+def test_multiclass_early_stopping_with_a_validation_set_smaller_than_the_classes():
+    """Stratifying several classes is gpunet's addition; where the split cannot hold every class it must fall
+    back to scikit-learn's unstratified split, not raise train_test_split's error."""
+    X, _, _, rng = _data()
+    y = rng.randint(0, 5, len(X))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier(early_stopping=True, validation_fraction=0.05, max_iter=3, random_state=0,
+                            device="cpu").fit(X, y)
+    assert clf.n_iter_ >= 1 and len(clf.validation_scores_) == clf.n_iter_
+
+
+def test_fractional_hidden_layer_sizes_are_refused():
+    X, y, _, _ = _data()
+    with pytest.raises(ValueError, match="whole numbers"):
+        MLPClassifier(hidden_layer_sizes=(5.5,), device="cpu").fit(X, y)
