@@ -42,12 +42,14 @@ class Solver:
     """scikit-learn's optimizer object (``est._optimizer``): the current ``learning_rate`` and its schedule
     (``constant``/``invscaling``/``adaptive``), over the gpunet optimizer that takes the steps."""
 
-    def __init__(self, est, opt, scale):
+    def __init__(self, est, opt, scale, resumed=False):
         self.opt, self.scale, self.sgd = opt, scale, isinstance(opt, optim.SGD)
         self.schedule = est.learning_rate if self.sgd and est.optimizer is None else "constant"
         self.learning_rate_init = float(est.learning_rate_init)
         self.power_t = est.power_t
-        self.learning_rate = self.learning_rate_init
+        # over the optimizer of an unpickled or copied network: its current rate (an adaptive schedule's
+        # divisions by 5 included), not learning_rate_init
+        self.learning_rate = float(opt.lr) / scale if resumed and self.sgd else self.learning_rate_init
 
     def _set(self, eta):
         self.learning_rate = eta
@@ -334,7 +336,7 @@ class BaseMLP(BaseEstimator):
         solver, optimizer = getattr(self, "_optimizer", None) if incremental else None, None
         if incremental and not (isinstance(solver, Solver) and solver.opt is net.optimizer):
             # a partial_fit after unpickling or after set coefs_: the network's own optimizer, if it has one
-            solver = Solver(self, net.optimizer, s["scale"]) if net.optimizer is not None else None
+            solver = Solver(self, net.optimizer, s["scale"], resumed=True) if net.optimizer is not None else None
         if solver is None:
             solver = Solver(self, self._make_optimizer(s["scale"]), s["scale"])
             optimizer = solver.opt  # else partial_fit continues with the network's optimizer and its state

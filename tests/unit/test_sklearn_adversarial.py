@@ -93,3 +93,26 @@ def test_fractional_hidden_layer_sizes_are_refused():
     X, y, _, _ = _data()
     with pytest.raises(ValueError, match="whole numbers"):
         MLPClassifier(hidden_layer_sizes=(5.5,), device="cpu").fit(X, y)
+
+
+@pytest.mark.parametrize("copy_how", ["pickle", "deepcopy"])
+def test_unpickled_adaptive_sgd_keeps_its_decayed_learning_rate(copy_how):
+    """An adaptive schedule divides the rate by 5 on each plateau; a pickled or deep-copied estimator went back
+    to learning_rate_init at its next plateau (and reported it), so its partial_fits diverged from the original's."""
+    import copy
+    import pickle
+    X, y, _, _ = _data()
+    clf = MLPClassifier(solver="sgd", learning_rate="adaptive", max_iter=30, tol=1e-1, n_iter_no_change=2,
+                        hidden_layer_sizes=(5,), shuffle=False, random_state=0, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    assert clf._optimizer.learning_rate < clf.learning_rate_init
+    twin = pickle.loads(pickle.dumps(clf)) if copy_how == "pickle" else copy.deepcopy(clf)
+    assert twin._optimizer is None or twin._optimizer.learning_rate == clf._optimizer.learning_rate
+    for _ in range(8):
+        clf.partial_fit(X, y)
+        twin.partial_fit(X, y)
+    assert twin._optimizer.learning_rate == pytest.approx(clf._optimizer.learning_rate, rel=1e-12)
+    for a, b in zip(twin.coefs_, clf.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
