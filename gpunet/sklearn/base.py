@@ -175,7 +175,7 @@ class BaseMLP(BaseEstimator):
     def _net(self):
         """The fitted network, rebuilt from ``coefs_``/``intercepts_`` when those were replaced or edited."""
         weights = [w for pair in zip(self.coefs_, self.intercepts_) for w in pair]
-        net = getattr(self, "model_", None)
+        net = getattr(self, "_model", None)
         if net is not None and (net.hidden_activation, net.output_activation) != \
                 (HIDDEN[self.activation], OUTPUT[self.out_activation_]):
             net = None  # ``activation`` set after the fit: scikit-learn's forward pass reads it, so does ours
@@ -190,13 +190,21 @@ class BaseMLP(BaseEstimator):
             net.set_weights([np.asarray(w, dtype=dtype) for w in weights])
         else:
             net = self._build_net(units, self.out_activation_, dtype, [np.asarray(w, dtype=dtype) for w in weights], 0)
-        self.model_, self._exported = net, flat
+        self._model, self._exported = net, flat
         return net
+
+    @property
+    def model_(self):
+        """The fitted :class:`gpunet.MLP`, in step with ``coefs_``/``intercepts_`` (edited or replaced ones too:
+        saving or exporting it never gives the weights of before the edit)."""
+        if "_model" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute 'model_'")
+        return self._net()
 
     def _export(self, s, net):
         ws = net.get_weights()
         s["coefs_"], s["intercepts_"] = ws[0::2], ws[1::2]
-        s["model_"] = net
+        s["_model"] = net
         s["_exported"] = np.concatenate([np.ravel(w.astype(np.float64)) for w in ws])
 
     # ------------------------------------------------------------------ input
@@ -220,7 +228,7 @@ class BaseMLP(BaseEstimator):
     def _fit(self, X, y, sample_weight=None, incremental=False, classes=None):
         self._validate_params()
         before = dict(self.__dict__)
-        net = getattr(self, "model_", None)
+        net = getattr(self, "_model", None)
         rollback = net.get_weights() if net is not None else None
         try:
             state = self._fit_state(X, y, sample_weight, incremental, classes)
@@ -417,7 +425,7 @@ class BaseMLP(BaseEstimator):
     # ------------------------------------------------------------------ pickling (the npz bytes)
     def __getstate__(self):
         state = dict(super().__getstate__())
-        model = state.pop("model_", None)
+        model = state.pop("_model", None)
         state.pop("_optimizer", None)
         if model is not None:
             state["_model_npz"] = npz_bytes(model)
@@ -428,7 +436,7 @@ class BaseMLP(BaseEstimator):
         blob = state.pop("_model_npz", None)
         super().__setstate__(state)
         if blob is not None:
-            self.model_ = npz_load(blob, self.device)
+            self._model = npz_load(blob, self.device)
             self._optimizer = None
 
     def __sklearn_tags__(self):

@@ -116,3 +116,16 @@ def test_unpickled_adaptive_sgd_keeps_its_decayed_learning_rate(copy_how):
     assert twin._optimizer.learning_rate == pytest.approx(clf._optimizer.learning_rate, rel=1e-12)
     for a, b in zip(twin.coefs_, clf.coefs_):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_model_follows_edited_coefs():
+    """``clf.model_`` is documented as the network to save or export; after an in-place edit of coefs_ it held
+    the weights of before the edit until the next predict (a saved file silently lost the edit)."""
+    X, y, _, _ = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0, device="cpu").fit(X, y)
+    clf.coefs_[0][:] = 0.0
+    clf.intercepts_[-1] = clf.intercepts_[-1] + 1.0
+    np.testing.assert_array_equal(clf.model_.get_weights()[0], 0.0)
+    np.testing.assert_allclose(clf.model_.predict(X)[:, 0], clf.predict_proba(X)[:, 1])
