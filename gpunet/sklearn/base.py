@@ -3,6 +3,7 @@
 semantics are described in :mod:`gpunet.sklearn`."""
 from __future__ import annotations
 
+import copy
 import io
 import os
 import tempfile
@@ -254,7 +255,10 @@ class BaseMLP(BaseEstimator):
         dtype = X.dtype
         if first:
             out = s["out_activation_"]
-            net = self._build_net(units, out, dtype, self._init_weights(rs, units, dtype), int(rs.randint(0, 2**31 - 1)))
+            weights = self._init_weights(rs, units, dtype)
+            # the network's own seed (batch order, dropout) from a copy: random_state then draws the validation
+            # split right after the initial weights, as scikit-learn's does (the same split for the same seed)
+            net = self._build_net(units, out, dtype, weights, int(copy.deepcopy(rs).randint(0, 2**31 - 1)))
             s.update(n_iter_=0, t_=0, n_outputs_=n_outputs, n_layers_=len(units), out_activation_=out)
             if self.solver != "lbfgs":
                 self._fresh_bookkeeping(s)

@@ -129,3 +129,23 @@ def test_model_follows_edited_coefs():
     clf.intercepts_[-1] = clf.intercepts_[-1] + 1.0
     np.testing.assert_array_equal(clf.model_.get_weights()[0], 0.0)
     np.testing.assert_allclose(clf.model_.predict(X)[:, 0], clf.predict_proba(X)[:, 1])
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_early_stopping_holds_out_scikit_learns_validation_set(kind, weighted):
+    """The same random_state must hold out the same validation rows as scikit-learn (its split is drawn right
+    after the initial weights); an extra draw for the network's seed gave another split, other scores."""
+    from sklearn.neural_network import MLPClassifier as SkClassifier
+    X, _, yr, rng = _data(100)
+    y = (X[:, 0] + 0.5 * rng.randn(100) > 0).astype(int) if kind == "classifier" else yr
+    w = rng.randint(0, 4, 100).astype(float) if weighted else None
+    ours, theirs = (MLPClassifier, SkClassifier) if kind == "classifier" else (MLPRegressor, SkRegressor)
+    kw = dict(early_stopping=True, shuffle=False, batch_size=90, solver="sgd", max_iter=8, random_state=0,
+              hidden_layer_sizes=(5,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = ours(device="cpu", **kw).fit(X, y, sample_weight=w)
+        b = theirs(**kw).fit(X, y, sample_weight=w)
+    np.testing.assert_allclose(a.validation_scores_, b.validation_scores_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.coefs_[1], b.coefs_[1], rtol=1e-9, atol=1e-12)
