@@ -55,3 +55,19 @@ def test_a_batch_of_zero_weights_contributes_nothing(dtype):
     start.fit(X[10:], y[10:], epochs=1, batch_size=10, shuffle=False, optimizer=gn.SGD(lr=0.1), verbose=0)
     for a, b in zip(ref.get_weights(), start.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sample_weight", [2.0, np.full(50, 2.0)])
+def test_validation_split_takes_the_weights_fit_takes(sample_weight):
+    """A scalar weight is accepted by fit, so also with validation_split (it was refused there)."""
+    X, y = _data()
+    h = _net().fit(X, y, epochs=1, validation_split=0.2, sample_weight=sample_weight, verbose=0)
+    ref = _net().fit(X, y, epochs=1, validation_split=0.2, verbose=0)
+    assert h.history["loss"] == pytest.approx(ref.history["loss"])
+
+
+def test_validation_split_names_the_shape_the_caller_passed():
+    """A (n, 1) weight column was cut first and then refused as "(40,) expected": name the caller's n."""
+    X, y = _data()
+    with pytest.raises(ValueError, match=r"shape \(50,\).*got \(50, 1\)"):
+        _net().fit(X, y, epochs=1, validation_split=0.2, sample_weight=np.ones((50, 1)), verbose=0)
