@@ -278,6 +278,10 @@ class BaseMLP(BaseEstimator):
             s.setdefault("t_", 0)
             if self.solver != "lbfgs" and "loss_curve_" not in s:  # stochastic training after an L-BFGS fit
                 self._fresh_bookkeeping(s)
+            elif self.early_stopping and s.get("validation_scores_") is None:  # early_stopping switched on
+                s.update(validation_scores_=[], best_validation_score_=-np.inf)
+            elif not self.early_stopping and s.get("best_loss_") is None:  # switched off (or a partial_fit)
+                s["best_loss_"] = np.inf
         s["scale"] = self._scale(s["out_activation_"], n_outputs)
         loss = LOSS[s["out_activation_"]]
         with warnings.catch_warnings():

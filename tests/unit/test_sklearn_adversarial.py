@@ -149,3 +149,23 @@ def test_early_stopping_holds_out_scikit_learns_validation_set(kind, weighted):
         b = theirs(**kw).fit(X, y, sample_weight=w)
     np.testing.assert_allclose(a.validation_scores_, b.validation_scores_, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(a.coefs_[1], b.coefs_[1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("sequence", ["switch_on", "switch_off", "partial_fit"])
+def test_early_stopping_switched_between_fits(sequence):
+    """set_params(early_stopping=...) between warm fits, or a partial_fit after an early-stopped fit, crashed on
+    the other mode's None bookkeeping (AttributeError / TypeError; scikit-learn's own estimator crashes alike)."""
+    X, y, _, _ = _data()
+    on = sequence != "switch_on"
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=4, random_state=0, warm_start=True, early_stopping=on,
+                        device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+        clf.set_params(early_stopping=not on)
+        clf.partial_fit(X, y) if sequence == "partial_fit" else clf.fit(X, y)
+    assert len(clf.loss_curve_) > 4 and np.isfinite(clf.loss_)
+    if sequence == "switch_on":
+        assert len(clf.validation_scores_) >= 1 and clf.best_validation_score_ == max(clf.validation_scores_)
+    else:
+        assert clf.best_loss_ == min(clf.loss_curve_[4:])
