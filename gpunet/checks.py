@@ -236,7 +236,9 @@ def check_sample_weight(sample_weight, n_samples, name="sample_weight"):
         raise ValueError(f"{name} sums to 0: at least one sample needs a positive weight")
     if n_samples == 0 or np.all(w == w[0]):
         return None
-    return w.reshape(-1, 1)
+    # a weighted mean does not depend on the weights' scale: bring the largest into [0.5, 1) by a power of two
+    # (exact), so that float32 neither overflows (1e39) nor underflows (1e-50) weights that float64 holds
+    return np.ldexp(w, -int(np.frexp(w.max())[1])).reshape(-1, 1)
 
 
 def check_standardisation(mean, scale, n_features, where="model", dtype=None):

@@ -144,9 +144,12 @@ def row_values(loss, z, a, y):
 
 
 def row_factors(w):
-    """Weights (..., r, 1) -> the factors ``r w_i / sum(w)`` that turn a mean over rows into the weighted mean."""
+    """Weights (..., r, 1) -> the factors ``r w_i / sum(w)`` that turn a mean over rows into the weighted mean.
+    A batch whose weights are all zero gets zero factors: it contributes nothing (not 0/0 = NaN, which the
+    training loop would report as a diverged learning rate)."""
     xp = namespace(w)
-    return w * (w.shape[-2] / xp.sum(w, axis=-2, keepdims=True))
+    total = xp.sum(w, axis=-2, keepdims=True)
+    return (w / xp.where(total > 0, total, 1)) * w.shape[-2]  # w / total first: r / total can overflow float32
 
 
 def weighted_value(loss, z, a, y, factors):

@@ -140,10 +140,19 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
 
     def _stratify(self, Y):
         """Stratify on the classes: binary targets as scikit-learn does (its errors name the classes True and
-        False), several classes by class too (scikit-learn leaves those unstratified), multi-label not."""
+        False), several classes by class too where the split can hold every class (scikit-learn leaves those
+        unstratified, and so do we where it cannot), multi-label not."""
         if Y.shape[1] == 1:
             return Y.astype(bool)
-        return None if self._label_binarizer_type(Y).startswith("multilabel") else Y.argmax(axis=1)
+        if self._label_binarizer_type(Y).startswith("multilabel"):
+            return None
+        labels = Y.argmax(axis=1)
+        counts = np.bincount(labels, minlength=Y.shape[1])
+        n_val = int(np.ceil(self.validation_fraction * len(labels)))
+        present = int(np.count_nonzero(counts))
+        if counts[counts > 0].min() < 2 or min(n_val, len(labels) - n_val) < present:
+            return None  # a split that cannot hold every class: scikit-learn's unstratified split, not an error
+        return labels
 
     def _label_binarizer_type(self, Y):
         return "multiclass" if np.all(Y.sum(axis=1) == 1) else "multilabel-indicator"

@@ -3,6 +3,7 @@
 semantics are described in :mod:`gpunet.sklearn`."""
 from __future__ import annotations
 
+import copy
 import io
 import os
 import tempfile
@@ -42,12 +43,14 @@ class Solver:
     """scikit-learn's optimizer object (``est._optimizer``): the current ``learning_rate`` and its schedule
     (``constant``/``invscaling``/``adaptive``), over the gpunet optimizer that takes the steps."""
 
-    def __init__(self, est, opt, scale):
+    def __init__(self, est, opt, scale, resumed=False):
         self.opt, self.scale, self.sgd = opt, scale, isinstance(opt, optim.SGD)
         self.schedule = est.learning_rate if self.sgd and est.optimizer is None else "constant"
         self.learning_rate_init = float(est.learning_rate_init)
         self.power_t = est.power_t
-        self.learning_rate = self.learning_rate_init
+        # over the optimizer of an unpickled or copied network: its current rate (an adaptive schedule's
+        # divisions by 5 included), not learning_rate_init
+        self.learning_rate = float(opt.lr) / scale if resumed and self.sgd else self.learning_rate_init
 
     def _set(self, eta):
         self.learning_rate = eta
@@ -73,6 +76,17 @@ class Solver:
         return False
 
 
+def reported(net, out_activation, value, scale):
+    """scikit-learn's value of its objective from gpunet's scaled one (``value``, the network at the point):
+    the same but for the multi-output squared error, whose value scikit-learn averages over the outputs (its
+    gradient sums them; so does its L-BFGS, which sees this value with that gradient)."""
+    k = net.layer_sizes[-1]
+    if out_activation != "identity" or k == 1:
+        return value
+    penalty = scale * net.l2 * sum(float((W * W).sum()) for W in net.get_weights()[0::2])
+    return (value - penalty) / k + penalty
+
+
 class Epochs(_callbacks.Callback):
     """scikit-learn's per-iteration bookkeeping inside one gpunet ``fit``: ``loss_curve_``, ``t_``, the
     no-improvement count (training loss, or validation score with early stopping), the learning-rate
@@ -83,12 +97,7 @@ class Epochs(_callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         est, s = self.est, self.s
-        loss = s["scale"] * float(logs["loss"])
-        k = self.model.layer_sizes[-1]
-        if s["out_activation_"] == "identity" and k > 1:
-            # scikit-learn reports half the squared error averaged over the outputs (its gradient sums them)
-            penalty = s["scale"] * self.model.l2 * sum(float((W * W).sum()) for W in self.model.get_weights()[0::2])
-            loss = (loss - penalty) / k + penalty
+        loss = reported(self.model, s["out_activation_"], s["scale"] * float(logs["loss"]), s["scale"])
         s["n_iter_"] += 1
         s["t_"] += self.n_train
         s["loss_"] = loss
@@ -135,6 +144,8 @@ class BaseMLP(BaseEstimator):
         sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
         if np.any(np.array(sizes) <= 0):
             raise ValueError("hidden_layer_sizes must be > 0, got %s." % sizes)
+        if any(int(s) != s for s in sizes):
+            raise ValueError("hidden_layer_sizes must be whole numbers of units, got %s." % sizes)
         return [int(s) for s in sizes]
 
     def _scale(self, out_activation, n_outputs):
@@ -165,7 +176,10 @@ class BaseMLP(BaseEstimator):
     def _net(self):
         """The fitted network, rebuilt from ``coefs_``/``intercepts_`` when those were replaced or edited."""
         weights = [w for pair in zip(self.coefs_, self.intercepts_) for w in pair]
-        net = getattr(self, "model_", None)
+        net = getattr(self, "_model", None)
+        if net is not None and (net.hidden_activation, net.output_activation) != \
+                (HIDDEN[self.activation], OUTPUT[self.out_activation_]):
+            net = None  # ``activation`` set after the fit: scikit-learn's forward pass reads it, so does ours
         exported = getattr(self, "_exported", None)
         flat = np.concatenate([np.ravel(np.asarray(w, dtype=np.float64)) for w in weights])
         if net is not None and exported is not None and exported.shape == flat.shape and np.array_equal(exported, flat):
@@ -177,13 +191,21 @@ class BaseMLP(BaseEstimator):
             net.set_weights([np.asarray(w, dtype=dtype) for w in weights])
         else:
             net = self._build_net(units, self.out_activation_, dtype, [np.asarray(w, dtype=dtype) for w in weights], 0)
-        self.model_, self._exported = net, flat
+        self._model, self._exported = net, flat
         return net
+
+    @property
+    def model_(self):
+        """The fitted :class:`gpunet.MLP`, in step with ``coefs_``/``intercepts_`` (edited or replaced ones too:
+        saving or exporting it never gives the weights of before the edit)."""
+        if "_model" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute 'model_'")
+        return self._net()
 
     def _export(self, s, net):
         ws = net.get_weights()
         s["coefs_"], s["intercepts_"] = ws[0::2], ws[1::2]
-        s["model_"] = net
+        s["_model"] = net
         s["_exported"] = np.concatenate([np.ravel(w.astype(np.float64)) for w in ws])
 
     # ------------------------------------------------------------------ input
@@ -206,7 +228,7 @@ class BaseMLP(BaseEstimator):
     def _fit(self, X, y, sample_weight=None, incremental=False, classes=None):
         self._validate_params()
         before = dict(self.__dict__)
-        net = getattr(self, "model_", None)
+        net = getattr(self, "_model", None)
         rollback = net.get_weights() if net is not None else None
         try:
             state = self._fit_state(X, y, sample_weight, incremental, classes)
@@ -232,20 +254,20 @@ class BaseMLP(BaseEstimator):
         dtype = X.dtype
         if first:
             out = s["out_activation_"]
-            net = self._build_net(units, out, dtype, self._init_weights(rs, units, dtype), int(rs.randint(0, 2**31 - 1)))
+            weights = self._init_weights(rs, units, dtype)
+            # the network's own seed (batch order, dropout) from a copy: random_state then draws the validation
+            # split right after the initial weights, as scikit-learn's does (the same split for the same seed)
+            net = self._build_net(units, out, dtype, weights, int(copy.deepcopy(rs).randint(0, 2**31 - 1)))
             s.update(n_iter_=0, t_=0, n_outputs_=n_outputs, n_layers_=len(units), out_activation_=out)
             if self.solver != "lbfgs":
-                s.update(loss_curve_=[], _no_improvement_count=0)
-                if self.early_stopping:
-                    s.update(validation_scores_=[], best_validation_score_=-np.inf, best_loss_=None)
-                else:
-                    s.update(best_loss_=np.inf, validation_scores_=None, best_validation_score_=None)
+                self._fresh_bookkeeping(s)
         else:
             if list(units) != [np.shape(self.coefs_[0])[0]] + [np.shape(c)[1] for c in self.coefs_]:
                 raise ValueError(f"warm_start / partial_fit continue the fitted network {self.n_features_in_} -> "
                                  f"{[np.shape(c)[1] for c in self.coefs_]}; these data and hidden_layer_sizes need "
                                  f"{units}: refit with warm_start=False")
             net = self._net()
+            net.dropout = float(self.dropout)
             s.update(n_outputs_=self.n_outputs_, n_layers_=self.n_layers_, out_activation_=self.out_activation_)
             for key in ("n_iter_", "t_", "loss_curve_", "_no_improvement_count", "validation_scores_",
                         "best_validation_score_", "best_loss_"):
@@ -253,6 +275,12 @@ class BaseMLP(BaseEstimator):
                     value = getattr(self, key)
                     s[key] = list(value) if isinstance(value, list) else value
             s.setdefault("t_", 0)
+            if self.solver != "lbfgs" and "loss_curve_" not in s:  # stochastic training after an L-BFGS fit
+                self._fresh_bookkeeping(s)
+            elif self.early_stopping and s.get("validation_scores_") is None:  # early_stopping switched on
+                s.update(validation_scores_=[], best_validation_score_=-np.inf)
+            elif not self.early_stopping and s.get("best_loss_") is None:  # switched off (or a partial_fit)
+                s["best_loss_"] = np.inf
         s["scale"] = self._scale(s["out_activation_"], n_outputs)
         loss = LOSS[s["out_activation_"]]
         with warnings.catch_warnings():
@@ -272,11 +300,19 @@ class BaseMLP(BaseEstimator):
         s.pop("scale", None)
         return s
 
+    def _fresh_bookkeeping(self, s):
+        s.update(loss_curve_=[], _no_improvement_count=0)
+        if self.early_stopping:
+            s.update(validation_scores_=[], best_validation_score_=-np.inf, best_loss_=None)
+        else:
+            s.update(best_loss_=np.inf, validation_scores_=None, best_validation_score_=None)
+
     def _fit_lbfgs(self, net, X, Y, sample_weight, loss, s):
         total = float(np.sum(sample_weight)) if sample_weight is not None else float(X.shape[0])
         net.l2 = self.alpha / (2.0 * s["scale"] * total)
         result = training.lbfgs.minimize(net, X, Y, loss=loss, sample_weight=sample_weight, max_iter=self.max_iter,
-                                         max_fun=self.max_fun, tol=self.tol, scale=s["scale"])
+                                         max_fun=self.max_fun, tol=self.tol, scale=s["scale"],
+                                         value=lambda v: reported(net, s["out_activation_"], v, s["scale"]))
         if result.status != 0:
             warnings.warn("lbfgs failed to converge after %d iteration(s) (status=%d):\n%s\n\nIncrease the number of "
                           "iterations to improve the convergence (max_iter=%d).\nYou might also want to scale the "
@@ -315,7 +351,7 @@ class BaseMLP(BaseEstimator):
         solver, optimizer = getattr(self, "_optimizer", None) if incremental else None, None
         if incremental and not (isinstance(solver, Solver) and solver.opt is net.optimizer):
             # a partial_fit after unpickling or after set coefs_: the network's own optimizer, if it has one
-            solver = Solver(self, net.optimizer, s["scale"]) if net.optimizer is not None else None
+            solver = Solver(self, net.optimizer, s["scale"], resumed=True) if net.optimizer is not None else None
         if solver is None:
             solver = Solver(self, self._make_optimizer(s["scale"]), s["scale"])
             optimizer = solver.opt  # else partial_fit continues with the network's optimizer and its state
@@ -377,7 +413,7 @@ class BaseMLP(BaseEstimator):
         net.l2 = self.alpha / (2.0 * scale * total)
         value, grads = net.loss_and_gradients(X, Y, loss=LOSS[self.out_activation_], sample_weight=sample_weight)
         packed = np.concatenate([np.ravel(g) for g in grads[0::2] + grads[1::2]])
-        return scale * value, scale * packed
+        return reported(net, self.out_activation_, scale * value, scale), scale * packed
 
     # ------------------------------------------------------------------ prediction
     def _forward(self, X):
@@ -395,7 +431,7 @@ class BaseMLP(BaseEstimator):
     # ------------------------------------------------------------------ pickling (the npz bytes)
     def __getstate__(self):
         state = dict(super().__getstate__())
-        model = state.pop("model_", None)
+        model = state.pop("_model", None)
         state.pop("_optimizer", None)
         if model is not None:
             state["_model_npz"], state["_model_device"] = npz_bytes(model), model.device
@@ -406,7 +442,7 @@ class BaseMLP(BaseEstimator):
         blob, fitted_on = state.pop("_model_npz", None), state.pop("_model_device", None)
         super().__setstate__(state)
         if blob is not None:
-            self.model_ = npz_load(blob, self.device, fitted_on)
+            self._model = npz_load(blob, self.device, fitted_on)
             self._optimizer = None
 
     def __sklearn_tags__(self):

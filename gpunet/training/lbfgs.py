@@ -16,11 +16,13 @@ from gpunet.backend import SparseRows
 
 
 def minimize(model, X, y, *, loss=None, sample_weight=None, max_iter=200, max_fun=15000, tol=1e-5, scale=1.0,
-             callback=None):
+             callback=None, value=None):
     """Minimise ``scale * (loss + penalty)`` of ``model`` on all of ``(X, y)``; the model ends at the solution.
 
     Returns SciPy's ``OptimizeResult`` (``nit``, ``nfev``, ``fun``, ``status``, ``message``). ``callback`` is
-    called with the iteration count after each L-BFGS iteration."""
+    called with the iteration count after each L-BFGS iteration. ``value``, if given, maps the scaled
+    objective to the value SciPy sees (and ``fun`` reports), called with the model at the current point:
+    scikit-learn's multi-output squared error averages its value over the outputs but not its gradient."""
     optimize = import_optional("scipy.optimize", "solver='lbfgs'")
     loss = model.resolve_loss(loss)
     Xd, Yd = model.upload(X, y, loss)
@@ -33,9 +35,10 @@ def minimize(model, X, y, *, loss=None, sample_weight=None, max_iter=200, max_fu
     def value_and_grad(theta):
         calls[0] += 1
         model.params[...] = be.to_device(model.padded(theta), model.dtype)
-        value, _, _ = model.step_gradients(Xd, Yd, ws, loss, train=False, weight=Wd)
+        objective, _, _ = model.step_gradients(Xd, Yd, ws, loss, train=False, weight=Wd)
         grad = model.dense(be.to_host(model.grads)).astype(np.float64)
-        return scale * float(be.item(value)), scale * grad
+        v = scale * float(be.item(objective))
+        return (v if value is None else value(v)), scale * grad
 
     iterations = [0]
 

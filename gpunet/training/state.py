@@ -57,7 +57,9 @@ def split_last(X, y, fraction, sample_weight=None):
         raise ValueError(f"validation_split={fraction} leaves no training or no validation samples out of {n}")
     if sample_weight is not None:
         w = np.asarray(sample_weight)
-        if w.shape[:1] != (n,):
+        if w.ndim == 0:  # one weight for every sample, as fit takes it without a split
+            w = np.full(n, w)
+        if w.shape != (n,):
             raise ValueError(f"sample_weight must have shape ({n},) (one weight per sample), got {w.shape}")
         sample_weight = w[:cut]
     return X[:cut], y[:cut], (X[cut:], y[cut:]), sample_weight
