@@ -20,21 +20,17 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
 import numpy as np
 
 from gpunet.ops.codes import ACT_CODES, LOSS_CODES
+from gpunet.ops.numba_cache import cache_dir
 
 log = logging.getLogger("gpunet")
 
 adam_step = None
 sgd_step = None
 
-
-def supports(hidden, out_act, loss):
-    """Whether the fused step's kernels know these activations and this loss (``ops/codes.py``)."""
-    return hidden in ACT_CODES and out_act in ACT_CODES and loss in LOSS_CODES
 
 if os.environ.get("GPUNET_NUMBA", "1") != "0":
     try:
@@ -45,35 +41,7 @@ if os.environ.get("GPUNET_NUMBA", "1") != "0":
 else:
     numba = None
 
-def _numba_cache_dir():
-    """Where gpunet's compiled kernels are cached: ``$NUMBA_CACHE_DIR`` when the user set it, else
-    ``$XDG_CACHE_HOME/gpunet/numba`` (``~/.cache/gpunet/numba``); ``None`` (no caching, compile once per
-    process) when that folder cannot be written, e.g. a read-only container running as ``nobody``: an
-    unwritable ``$NUMBA_CACHE_DIR`` is said once, as a warning. Never the installed package: Numba's own
-    fallback for a cache folder it cannot write is the in-tree cache (``gpunet/ops/__pycache__``,
-    ``numba/core/caching.py``: ``InTreeCacheLocator`` follows ``UserProvidedCacheLocator``), which outlives
-    ``pip uninstall`` and a reinstall and then shadows the package; and where no locator can write, the
-    ``njit(cache=True)`` decorator raises ``RuntimeError`` and ``import gpunet`` would fail with it."""
-    user = os.environ.get("NUMBA_CACHE_DIR")
-    if user:
-        path = user
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        path = os.path.join(base, "gpunet", "numba")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        (log.warning if user else log.info)(
-            "gpunet: cannot write the Numba cache folder %s%s (%s: %s); compiling gpunet's CPU kernels without a "
-            "cache (once per process)", path, " ($NUMBA_CACHE_DIR)" if user else "", type(exc).__name__,
-            exc.strerror or exc)
-        return None
-    return path
-
-
-CACHE_DIR = _numba_cache_dir() if numba is not None else None
+CACHE_DIR = cache_dir() if numba is not None else None
 
 
 def _redirect_cache():
@@ -227,7 +195,7 @@ if numba is not None:
         """tanh in the fused steps: :func:`_tanh32` for float32, libm's for float64 (chosen at compile time)."""
         return math.tanh(z)
 
-    @numba.extending.overload(_tanh, inline="always")
+    @numba.extending.overload(_tanh)  # LLVM inlines it; numba-level inlining warns (NumbaIRAssumptionWarning)
     def _tanh_overload(z):
         if z == numba.types.float32:
             return lambda z: _tanh32(z)

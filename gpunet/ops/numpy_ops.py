@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from gpunet.nn import losses
+from gpunet.ops.codes import supports
 import gpunet.ops.numba_kernels as numba_kernels
 from gpunet.ops.reference import ArrayOps
 
@@ -116,7 +117,7 @@ class NumpyOps(ArrayOps):
 
     def fused_step(self, model, ws, X, Y, idx, loss):
         if (self._mlp_step is None or model.dropout or model.fused_failed
-                or not numba_kernels.supports(model.hidden_activation, model.output_activation, loss)
+                or not supports(model.hidden_activation, model.output_activation, loss)
                 or not self._fusable(model)):
             return None
         flat = ws.__dict__.get("flat")
@@ -160,7 +161,7 @@ class NumpyOps(ArrayOps):
             return f"the {opt.name} optimizer is not in the fused stacked step"
         loss = stack.loss or {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy",
                               "exp": "poisson"}.get(stack.output_activation, "mse")
-        if not numba_kernels.supports(stack.hidden_activation, stack.output_activation, loss):
+        if not supports(stack.hidden_activation, stack.output_activation, loss):
             return f"the {stack.output_activation} output or the {loss} loss is not in the fused stacked step"
         if stack.fused_failed:
             return f"the fused stacked step failed to compile ({stack.fused_failed})"
