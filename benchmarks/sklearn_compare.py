@@ -28,6 +28,7 @@ from gpunet.sklearn import MLPClassifier as GnMLP
 
 def run(cls, data, params, seeds=(0, 1, 2), **extra):
     Xtr, Xte, ytr, yte = data
+    cls(random_state=0, **{**params, "max_iter": 1}, **extra).fit(Xtr[:400], ytr[:400])  # warm-up: compilation, caches
     times, accs = [], []
     for s in seeds:
         clf = cls(random_state=s, **params, **extra)

@@ -91,12 +91,13 @@ def choose_stacked(cfg, data, seeds):
     over up to 8 batches of the training data is timed both ways, best of 3, after a warm-up epoch (which also
     compiles the fused CPU steps, so no configuration's first timed run includes compilation). On the CPU the
     stack's epoch is the fused stacked step where it applies (one compiled call, the models in parallel) and
-    the batched GEMMs otherwise; which one is printed. Returns (bool, reason)."""
+    the batched GEMMs otherwise; which one is printed. Returns (bool, reason, warmed): ``warmed`` says whether
+    the measurement ran (and so compiled the fused steps); a forced or CUDA choice measures nothing."""
     forced = os.environ.get("GPUNET_STACK")
     if forced in ("0", "1"):
-        return forced == "1", f"forced by $GPUNET_STACK={forced}"
+        return forced == "1", f"forced by $GPUNET_STACK={forced}", False
     if str(cfg["device"]).startswith("cuda"):
-        return True, "on CUDA: one batched launch sequence for all models"
+        return True, "on CUDA: one batched launch sequence for all models", False
     X, y = data.train
     rows = min(len(X), 8 * cfg["batch_size"])
     X, y = X[:rows], y[:rows]
@@ -120,7 +121,7 @@ def choose_stacked(cfg, data, seeds):
                                      f"batched GEMMs ({path.get('reason')})"))
     reason = (f"measured over {rows} rows: {stacked * 1e3:.1f} ms per epoch stacked, {sequential * 1e3:.1f} ms "
               f"for {len(seeds)} sequential models")
-    return stacked < sequential, reason
+    return stacked < sequential, reason, True
 
 
 def _train_seeds(cfg, data, seeds, record, fold=None):
@@ -133,10 +134,11 @@ def _train_seeds(cfg, data, seeds, record, fold=None):
 
     schedule = make_schedule(cfg)
     stacked, reason = False, "a learning-rate schedule or --record batch needs separate fits"
+    warmed = False  # whether a fused CPU step was already compiled by choose_stacked's measurement
     if fold is not None:
         reason = "--folds: one MLP.fit per fold and seed, validated on the held-out fold"
     elif schedule is None and record == "epoch" and len(seeds) > 1:
-        stacked, reason = choose_stacked(cfg, data, seeds)
+        stacked, reason, warmed = choose_stacked(cfg, data, seeds)
     elif len(seeds) == 1:
         reason = "one seed"
     if not fold:
@@ -150,9 +152,9 @@ def _train_seeds(cfg, data, seeds, record, fold=None):
                           epochs=cfg["epochs"], batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss)
         seconds = (time.perf_counter() - t0) / len(seeds)
         return [(m, h, seconds) for m, h in zip(stack.models(), hists)], True
-    if fold == 0 or (fold is None and not (len(seeds) > 1 and schedule is None and record == "epoch")):
-        # warm up (compile the fused CPU step) so the first seed's time is like the others' (choose_stacked did,
-        # where it ran)
+    if fold == 0 or (fold is None and not warmed):
+        # warm up (compile the fused CPU step) so the first seed's time is like the others' (choose_stacked's
+        # measurement did, where it ran; a forced $GPUNET_STACK=0 measures nothing)
         warm = make_model({**cfg, "seed": seeds[0]}, data)
         rows = min(len(data.train[0]), 2 * cfg["batch_size"])
         warm.fit(data.train[0][:rows], targets(warm, warm.resolve_loss(cfg["loss"]), data.train[1][:rows],

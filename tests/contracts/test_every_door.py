@@ -255,10 +255,7 @@ def test_an_optimizer_whose_model_is_gone_starts_fresh_on_the_next():
     "measured",
     "schedule",
     "one seed",
-    pytest.param("GPUNET_STACK=0", marks=pytest.mark.xfail(strict=True, reason=(
-        "gpunet/cli/compare.py: choose_stacked returns before its warm-up epoch when $GPUNET_STACK is set, and "
-        "_train_seeds then skips its own warm-up (it assumes choose_stacked ran one), so the first seed's timed "
-        "fit compiles the fused CPU step"))),
+    "GPUNET_STACK=0",
 ])
 def test_no_timed_compare_run_includes_the_first_compilation(capsys, monkeypatch, tmp_path, how):
     """Every fit whose time compare reports (one per seed, on the whole training split) starts after the fused
