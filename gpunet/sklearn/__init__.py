@@ -28,7 +28,10 @@ or by full-batch L-BFGS over its flat parameter buffer (:mod:`gpunet.training.lb
   for CUDA); L-BFGS densifies it once (its batch is the whole set).
 - gpunet's own parameters: ``device`` ("auto": a usable CUDA GPU, else the CPU; a pickled estimator loads on
   the CPU, with a warning, where its device is missing), ``dtype``, ``dropout``, and ``optimizer`` (a gpunet
-  optimizer or name that replaces ``solver``'s, e.g. ``gpunet.AdamW(weight_decay=0.01)``).
+  optimizer or name that replaces ``solver``'s, e.g. ``gpunet.AdamW(weight_decay=0.01)``). ``dropout`` and
+  ``optimizer`` apply to the stochastic solvers; ``solver="lbfgs"`` refuses them rather than ignore them.
+  ``dtype="float32"`` computes, and returns predictions, in float32 whatever X's dtype (scikit-learn's own
+  estimator follows X); the default ``dtype=None`` follows X as scikit-learn does.
 
 Pickling stores the network as gpunet's ``.npz`` bytes (weights, optimizer state, generators; the model format
 never uses pickle itself). Estimator state is assigned only when a fit succeeds.

@@ -177,9 +177,13 @@ class BaseMLP(BaseEstimator):
         """The fitted network, rebuilt from ``coefs_``/``intercepts_`` when those were replaced or edited."""
         weights = [w for pair in zip(self.coefs_, self.intercepts_) for w in pair]
         net = getattr(self, "_model", None)
-        if net is not None and (net.hidden_activation, net.output_activation) != \
-                (HIDDEN[self.activation], OUTPUT[self.out_activation_]):
-            net = None  # ``activation`` set after the fit: scikit-learn's forward pass reads it, so does ours
+        if net is not None and net.output_activation != OUTPUT[self.out_activation_]:
+            net = None
+        elif net is not None and net.hidden_activation != HIDDEN[self.activation]:
+            # ``activation`` set after the fit: scikit-learn's forward pass reads it, so does ours; the network
+            # (and its optimizer's state, which a partial_fit or warm start continues, as scikit-learn's does)
+            # stays, with the new activation
+            net.hidden_activation = HIDDEN[self.activation]
         exported = getattr(self, "_exported", None)
         flat = np.concatenate([np.ravel(np.asarray(w, dtype=np.float64)) for w in weights])
         if net is not None and exported is not None and exported.shape == flat.shape and np.array_equal(exported, flat):
@@ -227,6 +231,13 @@ class BaseMLP(BaseEstimator):
     # ------------------------------------------------------------------ fitting
     def _fit(self, X, y, sample_weight=None, incremental=False, classes=None):
         self._validate_params()
+        if self.solver == "lbfgs":  # refused, not ignored: L-BFGS minimises the deterministic full-batch objective
+            unused = [f"{name}={value!r}" for name, value, used in (
+                ("dropout", self.dropout, float(self.dropout) > 0), ("optimizer", self.optimizer,
+                                                                      self.optimizer is not None)) if used]
+            if unused:
+                raise ValueError(f"{' and '.join(unused)} need solver='adam' or 'sgd': solver='lbfgs' minimises the "
+                                 "full-batch objective with SciPy's L-BFGS-B (no dropout, no gpunet optimizer)")
         before = dict(self.__dict__)
         net = getattr(self, "_model", None)
         rollback = net.get_weights() if net is not None else None

@@ -141,6 +141,41 @@ def test_lbfgs_loss_is_scikit_learns_objective():
     assert 1 <= clf.n_iter_ <= 30 and not hasattr(clf, "loss_curve_")
 
 
+def test_lbfgs_runs_scipys_own_blas_at_one_thread_and_leaves_numpys_alone(monkeypatch):
+    """SciPy's wheel bundles its own OpenBLAS beside NumPy's; L-BFGS-B alternates between them every iteration,
+    and their idle workers spin on each other's cores (4x slower on 2 cores). During the solve SciPy's pool runs
+    at one thread, NumPy's (the network's GEMMs) keeps its own; both are as before afterwards."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.optimize
+
+    from gpunet.training import lbfgs
+
+    controller, paths = lbfgs.scipy_blas_pools(scipy.optimize)
+    if not paths:
+        pytest.skip("SciPy and NumPy share one BLAS here: nothing to limit")
+    before = {p["filepath"]: p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"}
+    if max(before[p] for p in paths) < 2:
+        pytest.skip("SciPy's BLAS already runs one thread here: the limit would not be visible")
+    seen = []
+    import gpunet
+
+    step = gpunet.MLP.step_gradients
+
+    def spy(self, *args, **kwargs):
+        seen.append({p["filepath"]: p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"})
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(gpunet.MLP, "step_gradients", spy)
+    X, y = _blobs()
+    MLPClassifier(hidden_layer_sizes=(6,), solver="lbfgs", max_iter=5, random_state=0, device="cpu").fit(X, y)
+    assert seen
+    for during in seen:
+        assert all(during[p] == 1 for p in paths), during
+        assert all(during[p] == n for p, n in before.items() if p not in paths), (during, before)
+    after = {p["filepath"]: p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"}
+    assert after == before
+
+
 def test_zero_weights_are_removed_rows_with_lbfgs():
     X, y = _blobs(90)
     w = np.ones(90)

@@ -58,10 +58,11 @@ def test_stochastic_training_continues_an_lbfgs_fit(continue_with):
     assert np.abs(clf.coefs_[0] - start[0]).max() < 0.05  # continued from the L-BFGS weights, not re-initialised
 
 
-@pytest.mark.parametrize("how", ["predict", "warm_start"])
+@pytest.mark.parametrize("how", ["predict", "warm_start", "partial_fit"])
 def test_activation_set_after_fit_is_used(how):
     """scikit-learn's forward pass reads ``activation``: set_params(activation=...) after a fit changes the
-    predictions (and a warm start trains with it); gpunet kept the fitted network's, silently."""
+    predictions (and a warm start trains with it); gpunet kept the fitted network's, silently. A partial_fit
+    after the change continues Adam's moments, as scikit-learn's does (gpunet had restarted them)."""
     from sklearn.neural_network import MLPClassifier as SkClassifier
     X, y, _, _ = _data()
     kw = dict(hidden_layer_sizes=(5,), max_iter=5, random_state=0, warm_start=how == "warm_start")
@@ -73,6 +74,8 @@ def test_activation_set_after_fit_is_used(how):
             est.set_params(activation="tanh")
             if how == "warm_start":
                 est.fit(X, y)
+            if how == "partial_fit":
+                est.partial_fit(X, y)
         out.append(est.predict_proba(X))
     np.testing.assert_allclose(out[0], out[1], atol=1e-5)
 
@@ -169,3 +172,13 @@ def test_early_stopping_switched_between_fits(sequence):
         assert len(clf.validation_scores_) >= 1 and clf.best_validation_score_ == max(clf.validation_scores_)
     else:
         assert clf.best_loss_ == min(clf.loss_curve_[4:])
+
+
+@pytest.mark.parametrize("option", [{"dropout": 0.3}, {"optimizer": "adam"}])
+def test_lbfgs_refuses_the_stochastic_only_options_instead_of_ignoring_them(option):
+    """dropout and a gpunet optimizer have no meaning for full-batch L-BFGS: they were silently ignored."""
+    X, y, _, _ = _data()
+    clf = MLPClassifier(solver="lbfgs", device="cpu", max_iter=3, **option)
+    with pytest.raises(ValueError, match=f"{next(iter(option))}=.*need solver='adam' or 'sgd'"):
+        clf.fit(X, y)
+    assert not hasattr(clf, "coefs_")
