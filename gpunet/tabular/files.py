@@ -1,5 +1,5 @@
-"""The user's files read into a :class:`RawTable` of named columns: CSV/TSV through pyarrow's multi-threaded CSV
-reader (extra ``gpunet[tables]``), Parquet through pyarrow, ``.npz`` (``X``, ``y``) and ``.npy`` pairs.
+"""The user's files read into a :class:`RawTable` of named columns: CSV/TSV through pyarrow's CSV parser, byte
+ranges in parallel threads (extra ``gpunet[tables]``), Parquet through pyarrow, ``.npz`` (``X``, ``y``) and ``.npy`` pairs.
 
 A column is either numeric (float64, NaN where a cell is missing) or text (an object array of ``str``, ``None``
 where a cell is missing), so that "007" and "7" stay two labels. Files are a trust boundary: sizes are checked
@@ -9,10 +9,12 @@ with one line naming the file and the place.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import os
 import re
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +40,8 @@ class RawTable:
     headerless: bool = False
     path: str = ""
     notes: list = field(default_factory=list)
+    #: how a CSV file was read: ``{"ranges": byte ranges parsed, "threads": parser threads}``
+    read_info: dict = field(default_factory=dict)
 
     def __len__(self):
         return len(self.columns[self.names[0]]) if self.names else 0
@@ -174,59 +178,144 @@ def _read_csv(p, text_columns):
         ragged.append(row)
         return "error"
 
-    # pyarrow's streaming reader infers each column's type from the first block; a later block that does not
-    # convert (an integer column with a "1.5", a number column with text) is read again with that column as
-    # float64, then as text (pyarrow/_csv.pyx, open_csv and ConvertOptions.column_types)
+    # pyarrow infers each column's type from the first range (_read_ranges); a later range that does not
+    # convert (an integer column with a "1.5", a number column with text) makes the file read again with that
+    # column as float64, then as text (pyarrow/_csv.pyx, read_csv and ConvertOptions.column_types)
     forced = {arrow_names[j]: pa.string() for j in _positions(names, text_columns)}
     data_lines = [line for line in lines[first_line + 1:] if line.strip()][:200]
     bytes_per_row = max(1.0, sum(len(line.encode()) + 1 for line in data_lines) / max(len(data_lines), 1))
     estimate = int(p.stat().st_size / bytes_per_row * 1.05) + 64
-    for _attempt in range(2 * len(names) + 1):
+    read_options = dict(column_names=arrow_names, skip_rows=first_line + (1 if header else 0))
+    parse_options = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=True)
+    split = True
+    for _attempt in range(2 * len(names) + 2):
+        convert = dict(null_values=NULLS, strings_can_be_null=True, true_values=[], false_values=[])
         try:
-            reader = pacsv.open_csv(
-                p, read_options=pacsv.ReadOptions(column_names=arrow_names, block_size=BLOCK_BYTES,
-                                                  skip_rows=first_line + (1 if header else 0)),
-                parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid,
-                                                 ignore_empty_lines=True),
-                convert_options=pacsv.ConvertOptions(null_values=NULLS, strings_can_be_null=True, true_values=[],
-                                                     false_values=[], column_types=forced))
-            columns = _stream(p, pa, reader, names, estimate)
-            return RawTable(names, columns, not header, str(p))
+            columns, info = _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, convert, forced,
+                                         split)
+            return RawTable(names, columns, not header, str(p), read_info=info)
         except pa.ArrowInvalid as exc:
-            if ragged:
-                raise DataError(_ragged_message(p, delimiter, width)) from None
             where = re.search(r"In CSV column #(\d+)", str(exc))
             name = arrow_names[int(where.group(1))] if where else None
+            if split and (ragged or name is None):  # a parse problem: judged on the file read in one pass
+                split = False
+                ragged.clear()
+                continue
+            if ragged:
+                raise DataError(_ragged_message(p, delimiter, width)) from None
             if name is None or forced.get(name) == pa.string():
                 raise DataError(f"{p}: not a readable CSV file ({' '.join(str(exc).split())[:200]})") from None
             forced[name] = pa.float64() if name not in forced else pa.string()
     raise DataError(f"{p}: not a readable CSV file")
 
 
-#: pyarrow reads a CSV file block by block; each block becomes a record batch copied into the output columns
+#: the first byte range of a CSV file, from which pyarrow infers each column's type, and the size of the later
+#: ranges, which parser threads read side by side with those types
 BLOCK_BYTES = 1 << 20
+RANGE_BYTES = 4 << 20
+WINDOW = 2
 
 
-def _stream(p, pa, reader, names, estimate):
-    """The record batches of ``reader`` copied into preallocated NumPy columns (grown when the estimate of the row
-    count is short, trimmed at the end), so the peak memory is the output and a few blocks, not a whole Arrow
-    table beside it."""
-    schema = reader.schema
+def parser_threads():
+    """Threads that parse a CSV file's byte ranges at once: the cores this process may use, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _byte_ranges(p, first, size):
+    """``[(start, end)]`` covering the file: about ``first`` bytes, then ``size``-byte ranges, each extended to the
+    end of a line outside any quoted field, so a range always starts at the start of a row: a quoted value may
+    hold line breaks, and outside quotes the count of quote characters before a position is even (RFC 4180
+    doubles a quote inside a quoted value)."""
+    total = p.stat().st_size
+    bounds = [0]
+    quotes = 0  # quote characters before bounds[-1]
+    with open(p, "rb") as f:
+        step = first
+        while bounds[-1] + step < total:
+            f.seek(bounds[-1])
+            q = f.read(step).count(b'"') + f.readline().count(b'"')
+            while (quotes + q) % 2 and f.tell() < total:  # inside a quoted value: on to the next line end
+                q += f.readline().count(b'"')
+            if f.tell() >= total:
+                break
+            quotes += q
+            bounds.append(f.tell())
+            step = size
+    bounds.append(total)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, convert, forced, split=True):
+    """The file parsed as byte ranges by :func:`parser_threads` threads (pyarrow's ``read_csv`` releases the GIL),
+    each range's record batches copied in file order into preallocated NumPy columns, with a few ranges in flight,
+    so the peak memory is the output and a few ranges, not a whole Arrow table beside it. pyarrow infers the
+    types from the first range (as pyarrow's streaming reader does from its first block); the later ranges are read
+    with those types (integers as float64), so a later cell that does not convert raises ``ArrowInvalid`` naming
+    its column, as pyarrow's streaming reader would, and the caller reads the file again with that column widened.
+    ``split=False`` reads the file as one range (the caller's fallback for a parse problem)."""
+    ranges = _byte_ranges(p, BLOCK_BYTES, RANGE_BYTES) if split else [(0, p.stat().st_size)]
+    threads = min(parser_threads(), max(1, len(ranges) - 1))
+
+    def parse(i, types):
+        start, end = ranges[i]
+        with open(p, "rb") as f:
+            f.seek(start)
+            data = f.read(end - start)
+        options = dict(read_options, use_threads=False, block_size=max(BLOCK_BYTES, len(data) + 1))
+        if i:
+            options["skip_rows"] = 0  # a later range starts at a line start after the header
+        return pacsv.read_csv(pa.BufferReader(data), read_options=pacsv.ReadOptions(**options),
+                              parse_options=parse_options,
+                              convert_options=pacsv.ConvertOptions(**convert, column_types=types))
+
+    first = parse(0, forced)
+    schema = first.schema
     kinds = [_kind(p, name, schema.field(j).type, pa) for j, name in enumerate(names)]
+    later = {f.name: pa.float64() if (pa.types.is_integer(f.type) or pa.types.is_null(f.type)) else f.type
+             for f in schema}
     out = {n: np.empty(estimate, dtype=np.float64 if k == "number" else object) for n, k in zip(names, kinds)}
     pos = 0
-    for batch in reader:
-        n = batch.num_rows
-        if pos + n > len(out[names[0]]):
-            grow = max(2 * len(out[names[0]]), pos + n)
-            for col in out.values():
-                col.resize(grow, refcheck=False)
-        for j, (name, kind) in enumerate(zip(names, kinds)):
-            out[name][pos:pos + n] = _chunk(batch.column(j), kind, pa)
-        pos += n
+
+    def copy(table):
+        nonlocal pos
+        for batch in table.to_batches():
+            n = batch.num_rows
+            if pos + n > len(out[names[0]]):
+                grow = max(2 * len(out[names[0]]), pos + n)
+                for col in out.values():
+                    col.resize(grow, refcheck=False)
+            for j, (name, kind) in enumerate(zip(names, kinds)):
+                out[name][pos:pos + n] = _chunk(batch.column(j), kind, pa)
+            pos += n
+
+    copy(first)
+    del first
+    if len(ranges) > 1:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gpunet-csv") as pool:
+            pending = collections.deque()
+            following = iter(range(1, len(ranges)))
+            try:
+                for i in following:
+                    pending.append(pool.submit(parse, i, later))
+                    if len(pending) >= WINDOW * threads:
+                        break
+                while pending:
+                    table = pending.popleft().result()
+                    nxt = next(following, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(parse, nxt, later))
+                    copy(table)
+                    del table
+            finally:
+                for future in pending:
+                    future.cancel()
     for col in out.values():
         col.resize(pos, refcheck=False)
-    return out
+    return out, {"ranges": len(ranges), "threads": threads if len(ranges) > 1 else 1}
 
 
 def _kind(p, name, t, pa):

@@ -398,3 +398,65 @@ def test_every_door_of_a_table_model_checks_the_columns_by_name(penguins):
     cols = {n: frame[n].to_numpy() for n in frame.columns}
     np.testing.assert_array_equal(net.predict(cols), net.predict(frame))
     np.testing.assert_array_equal(net.predict(frame[net.schema.names].to_numpy(object)), net.predict(frame))
+
+
+def _same_table(a, b):
+    assert a.names == b.names and len(a) == len(b)
+    for name in a.names:
+        x, y = a.columns[name], b.columns[name]
+        assert x.dtype == y.dtype, name
+        if x.dtype == np.float64:
+            np.testing.assert_array_equal(x, y, err_msg=name)  # NaN == NaN here
+        else:
+            assert list(x) == list(y), name
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_csv_byte_ranges_read_in_parallel_equal_one_pass(tmp_path, monkeypatch, newline):
+    """The CSV reader parses byte ranges in parser threads: with ranges of a few hundred bytes (so every kind of
+    line meets a range boundary: blank lines, missing cells, quoted commas, quoted line breaks, CRLF) and 3 threads, the table is the
+    one a single range gives, value for value, and read_info shows that the ranges and threads were used."""
+    from gpunet.tabular import files
+
+    rng = np.random.default_rng(0)
+    lines = ["id,x,city,note"]
+    for i in range(3000):
+        x = "" if i % 17 == 0 else f"{rng.normal():.6g}"
+        city = ["oslo", "lima", "", "NA"][i % 4]
+        note = f'"a, b {i}"' if i % 5 == 0 else f'"two{newline}lines, ""{i}"""' if i % 7 == 0 else f"n{i % 9}"
+        lines.append(f"{i},{x},{city},{note}")
+        if i % 97 == 0:
+            lines.append("")
+    (tmp_path / "t.csv").write_text(newline.join(lines) + newline, newline="")
+    whole = tabular.read(tmp_path / "t.csv")
+    assert whole.read_info == {"ranges": 1, "threads": 1}
+    monkeypatch.setattr(files, "BLOCK_BYTES", 600)
+    monkeypatch.setattr(files, "RANGE_BYTES", 300)
+    monkeypatch.setattr(files, "parser_threads", lambda: 3)
+    parts = tabular.read(tmp_path / "t.csv")
+    assert parts.read_info["ranges"] > 100 and parts.read_info["threads"] == 3
+    _same_table(whole, parts)
+    assert len(parts) == 3000 and parts.columns["city"][2] is None and parts.columns["note"][5] == "a, b 5"
+    assert parts.columns["note"][7] == f'two{newline}lines, "7"'  # a range never starts inside a quoted value
+    assert np.isnan(parts.columns["x"][0]) and parts.columns["x"].dtype == np.float64
+
+
+def test_a_later_byte_range_that_changes_a_columns_kind_reads_the_file_again(tmp_path, monkeypatch):
+    """The later ranges are read with the types inferred from the first; an integer column with "1.5" in a later
+    range (read as float64, as in one pass) and a text cell in a number column (the column then read as text)
+    give the one-pass result, whichever thread meets them."""
+    from gpunet.tabular import files
+
+    rows = "".join(f"{i},{i % 7},{'x' if i % 2 else 'y'}\n" for i in range(2000))
+    (tmp_path / "late.csv").write_text("a,b,label\n" + rows + "1.5,2,x\n" + rows)
+    (tmp_path / "text.csv").write_text("a,b,label\n" + rows + "3,oops,x\n" + rows)
+    whole = [tabular.read(tmp_path / n, text_columns=[-1]) for n in ("late.csv", "text.csv")]
+    monkeypatch.setattr(files, "BLOCK_BYTES", 500)
+    monkeypatch.setattr(files, "RANGE_BYTES", 700)
+    monkeypatch.setattr(files, "parser_threads", lambda: 2)
+    for one, name in zip(whole, ("late.csv", "text.csv")):
+        parts = tabular.read(tmp_path / name, text_columns=[-1])
+        assert parts.read_info["ranges"] > 20
+        _same_table(one, parts)
+    assert whole[0].columns["a"][2000] == 1.5 and whole[1].columns["b"][2000] == "oops"
+    assert whole[1].columns["b"].dtype == object and whole[1].columns["b"][0] == "0"
