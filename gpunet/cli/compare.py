@@ -94,6 +94,8 @@ def choose_stacked(cfg, data, seeds):
     the batched GEMMs otherwise; which one is printed. Returns (bool, reason, warmed): ``warmed`` says whether
     the measurement ran (and so compiled the fused steps); a forced or CUDA choice measures nothing."""
     forced = os.environ.get("GPUNET_STACK")
+    if forced not in (None, "", "0", "1"):
+        print(f"  $GPUNET_STACK={forced!r} is neither 0 nor 1: ignored, the choice is measured")
     if forced in ("0", "1"):
         return forced == "1", f"forced by $GPUNET_STACK={forced}", False
     if str(cfg["device"]).startswith("cuda"):
@@ -147,6 +149,12 @@ def _train_seeds(cfg, data, seeds, record, fold=None):
     if stacked:
         stack = _new_stack(cfg, data, seeds)
         loss = stack.resolve_loss(cfg["loss"])
+        if not warmed:  # a forced or CUDA choice measured nothing: compile the stacked step outside the timing
+            rows = min(len(data.train[0]), 2 * cfg["batch_size"])
+            _new_stack(cfg, data, seeds).fit(data.train[0][:rows],
+                                             targets(stack, loss, data.train[1][:rows], data.classes is not None),
+                                             epochs=1, batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg),
+                                             loss=loss)
         t0 = time.perf_counter()
         hists = stack.fit(data.train[0], targets(stack, loss, data.train[1], data.classes is not None),
                           epochs=cfg["epochs"], batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss)

@@ -236,7 +236,8 @@ class BaseMLP(BaseEstimator):
                 ("dropout", self.dropout, float(self.dropout) > 0), ("optimizer", self.optimizer,
                                                                       self.optimizer is not None)) if used]
             if unused:
-                raise ValueError(f"{' and '.join(unused)} need solver='adam' or 'sgd': solver='lbfgs' minimises the "
+                raise ValueError(f"{' and '.join(unused)} need{'s' if len(unused) == 1 else ''} solver='adam' or "
+                                 "'sgd': solver='lbfgs' minimises the "
                                  "full-batch objective with SciPy's L-BFGS-B (no dropout, no gpunet optimizer)")
         before = dict(self.__dict__)
         net = getattr(self, "_model", None)

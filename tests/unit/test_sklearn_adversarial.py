@@ -179,6 +179,6 @@ def test_lbfgs_refuses_the_stochastic_only_options_instead_of_ignoring_them(opti
     """dropout and a gpunet optimizer have no meaning for full-batch L-BFGS: they were silently ignored."""
     X, y, _, _ = _data()
     clf = MLPClassifier(solver="lbfgs", device="cpu", max_iter=3, **option)
-    with pytest.raises(ValueError, match=f"{next(iter(option))}=.*need solver='adam' or 'sgd'"):
+    with pytest.raises(ValueError, match=f"{next(iter(option))}=.* needs solver='adam' or 'sgd'"):
         clf.fit(X, y)
     assert not hasattr(clf, "coefs_")
