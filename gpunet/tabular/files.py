@@ -9,6 +9,7 @@ with one line naming the file and the place.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import csv
 import os
@@ -186,13 +187,15 @@ def _read_csv(p, text_columns):
     bytes_per_row = max(1.0, sum(len(line.encode()) + 1 for line in data_lines) / max(len(data_lines), 1))
     estimate = int(p.stat().st_size / bytes_per_row * 1.05) + 64
     read_options = dict(column_names=arrow_names, skip_rows=first_line + (1 if header else 0))
-    parse_options = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=True)
-    split = True
-    for _attempt in range(2 * len(names) + 2):
+    # newlines_in_values: a quoted value may hold line breaks (pyarrow's chunker then finds row ends by quotes)
+    parse_options = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=True,
+                                       newlines_in_values=True)
+    split, seen = True, {}
+    for _attempt in range(len(_ladder(pa)) * len(names) + 2):
         convert = dict(null_values=NULLS, strings_can_be_null=True, true_values=[], false_values=[])
         try:
             columns, info = _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, convert, forced,
-                                         split)
+                                         split, seen)
             return RawTable(names, columns, not header, str(p), read_info=info)
         except pa.ArrowInvalid as exc:
             where = re.search(r"In CSV column #(\d+)", str(exc))
@@ -205,8 +208,25 @@ def _read_csv(p, text_columns):
                 raise DataError(_ragged_message(p, delimiter, width)) from None
             if name is None or forced.get(name) == pa.string():
                 raise DataError(f"{p}: not a readable CSV file ({' '.join(str(exc).split())[:200]})") from None
-            forced[name] = pa.float64() if name not in forced else pa.string()
+            forced[name] = _wider(forced.get(name) or seen.get(name), pa)
     raise DataError(f"{p}: not a readable CSV file")
+
+
+def _ladder(pa):
+    """The types pyarrow's inference tries, in its order (pyarrow's ConvertOptions docs: null, int64, boolean,
+    date32, time32, timestamp[s], timestamp[ns], float64, string); booleans are off (no true/false values)."""
+    return [pa.date32(), pa.time32("s"), pa.timestamp("s"), pa.timestamp("ns"), pa.float64(), pa.string()]
+
+
+def _wider(current, pa):
+    """The type to read a column with after ``current`` failed on a later cell: the next one pyarrow's inference
+    would have tried, so a file read in ranges types each column as one pass over it would (a date column with
+    a later datetime becomes a timestamp, as in one pass, not text)."""
+    ladder = _ladder(pa)
+    if current in ladder:
+        return ladder[ladder.index(current) + 1]
+    return pa.float64() if current is None or pa.types.is_integer(current) or pa.types.is_null(current) \
+        else pa.string()
 
 
 #: the first byte range of a CSV file, from which pyarrow infers each column's type, and the size of the later
@@ -225,39 +245,107 @@ def parser_threads():
     return max(1, min(8, cores))
 
 
-def _byte_ranges(p, first, size):
+#: above this many quote characters a file is read in one streaming pass: the quote scan would cost more than the
+#: parallel parse saves
+MAX_QUOTES = 1_000_000
+
+
+def _quoted_spans(p, delimiter):
+    """``[(open, close)]``: the byte offsets of every quoted value's quotes, by pyarrow's rules (its defaults: a
+    quote opens a value only as the first character of a field, ``""`` inside a quoted value is a quote, a quote
+    anywhere else is literal, as in ``5" tv``); ``None`` above :data:`MAX_QUOTES` quote characters."""
+    quote, starters = ord('"'), {ord(delimiter), 10, 13}
+    positions, before = [], []
+    count, offset, last = 0, 0, 10  # the file's start counts as a line start
+    with open(p, "rb") as f:
+        while chunk := f.read(16 << 20):
+            if b'"' not in chunk:  # memchr speed: most numeric tables hold no quotes at all
+                last, offset = chunk[-1], offset + len(chunk)
+                continue
+            a = np.frombuffer(chunk, dtype=np.uint8)
+            idx = np.flatnonzero(a == quote)
+            if len(idx):
+                count += len(idx)
+                if count > MAX_QUOTES:
+                    return None
+                prev = a[np.maximum(idx - 1, 0)]
+                if idx[0] == 0:
+                    prev[0] = last
+                positions.append(idx + offset)
+                before.append(prev)
+            last, offset = int(a[-1]), offset + len(chunk)
+    if not positions:
+        return []
+    pos, prev = np.concatenate(positions).tolist(), np.concatenate(before).tolist()
+    spans, opened, i = [], None, 0
+    while i < len(pos):
+        if opened is None:
+            if prev[i] in starters:
+                opened = pos[i]
+            i += 1
+        elif i + 1 < len(pos) and pos[i + 1] == pos[i] + 1:
+            i += 2  # "" inside a quoted value
+        else:
+            spans.append((opened, pos[i]))
+            opened, i = None, i + 1
+    if opened is not None:  # unterminated: to the end of the file
+        spans.append((opened, offset))
+    return spans
+
+
+def _byte_ranges(p, first, size, delimiter):
     """``[(start, end)]`` covering the file: about ``first`` bytes, then ``size``-byte ranges, each extended to the
-    end of a line outside any quoted field, so a range always starts at the start of a row: a quoted value may
-    hold line breaks, and outside quotes the count of quote characters before a position is even (RFC 4180
-    doubles a quote inside a quoted value)."""
+    end of a line outside every quoted value (:func:`_quoted_spans`), so a range always starts at the start of a
+    row; ``None`` where the file holds too many quotes to scan (the caller streams it in one pass)."""
     total = p.stat().st_size
+    if total <= first:
+        return [(0, total)]
+    spans = _quoted_spans(p, delimiter)
+    if spans is None:
+        return None
+    opens = [a for a, _ in spans]
     bounds = [0]
-    quotes = 0  # quote characters before bounds[-1]
     with open(p, "rb") as f:
         step = first
         while bounds[-1] + step < total:
-            f.seek(bounds[-1])
-            q = f.read(step).count(b'"') + f.readline().count(b'"')
-            while (quotes + q) % 2 and f.tell() < total:  # inside a quoted value: on to the next line end
-                q += f.readline().count(b'"')
-            if f.tell() >= total:
+            at = bounds[-1] + step
+            while True:
+                f.seek(at)
+                f.readline()
+                end = f.tell()  # just past the first line break at or after ``at``
+                k = bisect.bisect_right(opens, end - 1) - 1
+                if end < total and k >= 0 and spans[k][1] > end - 1:  # that line break is inside a quoted value
+                    at = spans[k][1]
+                    continue
                 break
-            quotes += q
-            bounds.append(f.tell())
+            if end >= total:
+                break
+            bounds.append(end)
             step = size
     bounds.append(total)
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, convert, forced, split=True):
+def _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, convert, forced, split=True,
+                 seen=None):
     """The file parsed as byte ranges by :func:`parser_threads` threads (pyarrow's ``read_csv`` releases the GIL),
     each range's record batches copied in file order into preallocated NumPy columns, with a few ranges in flight,
     so the peak memory is the output and a few ranges, not a whole Arrow table beside it. pyarrow infers the
     types from the first range (as pyarrow's streaming reader does from its first block); the later ranges are read
     with those types (integers as float64), so a later cell that does not convert raises ``ArrowInvalid`` naming
     its column, as pyarrow's streaming reader would, and the caller reads the file again with that column widened.
-    ``split=False`` reads the file as one range (the caller's fallback for a parse problem)."""
-    ranges = _byte_ranges(p, BLOCK_BYTES, RANGE_BYTES) if split else [(0, p.stat().st_size)]
+    ``seen`` (a dict) receives the types the later ranges are read with. ``split=False`` (the caller's fallback
+    for a parse problem), or a file with too many quotes to scan, is read in
+    one pass by pyarrow's streaming reader instead, block by block, with the same copy."""
+    ranges = _byte_ranges(p, BLOCK_BYTES, RANGE_BYTES, parse_options.delimiter) if split else None
+    if ranges is None:
+        reader = pacsv.open_csv(p, read_options=pacsv.ReadOptions(**read_options, block_size=BLOCK_BYTES),
+                                parse_options=parse_options,
+                                convert_options=pacsv.ConvertOptions(**convert, column_types=forced))
+        if seen is not None:
+            seen.update({f.name: f.type for f in reader.schema})
+        return _copy_batches(p, pa, names, estimate, reader.schema, reader), {"ranges": 1, "threads": 1,
+                                                                              "streamed": True}
     threads = min(parser_threads(), max(1, len(ranges) - 1))
 
     def parse(i, types):
@@ -272,29 +360,17 @@ def _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, con
                               parse_options=parse_options,
                               convert_options=pacsv.ConvertOptions(**convert, column_types=types))
 
-    first = parse(0, forced)
-    schema = first.schema
-    kinds = [_kind(p, name, schema.field(j).type, pa) for j, name in enumerate(names)]
+    head = [parse(0, forced)]  # popped when copied, so no reference keeps it alive after that
+    schema = head[0].schema
     later = {f.name: pa.float64() if (pa.types.is_integer(f.type) or pa.types.is_null(f.type)) else f.type
              for f in schema}
-    out = {n: np.empty(estimate, dtype=np.float64 if k == "number" else object) for n, k in zip(names, kinds)}
-    pos = 0
+    if seen is not None:
+        seen.update(later)  # the types a later range failing on a cell was read with
 
-    def copy(table):
-        nonlocal pos
-        for batch in table.to_batches():
-            n = batch.num_rows
-            if pos + n > len(out[names[0]]):
-                grow = max(2 * len(out[names[0]]), pos + n)
-                for col in out.values():
-                    col.resize(grow, refcheck=False)
-            for j, (name, kind) in enumerate(zip(names, kinds)):
-                out[name][pos:pos + n] = _chunk(batch.column(j), kind, pa)
-            pos += n
-
-    copy(first)
-    del first
-    if len(ranges) > 1:
+    def tables():
+        yield head.pop()
+        if len(ranges) == 1:
+            return
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gpunet-csv") as pool:
             pending = collections.deque()
             following = iter(range(1, len(ranges)))
@@ -308,14 +384,35 @@ def _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, con
                     nxt = next(following, None)
                     if nxt is not None:
                         pending.append(pool.submit(parse, nxt, later))
-                    copy(table)
+                    yield table
                     del table
             finally:
                 for future in pending:
                     future.cancel()
+
+    batches = (batch for table in tables() for batch in table.to_batches())
+    return _copy_batches(p, pa, names, estimate, schema, batches), {"ranges": len(ranges),
+                                                                    "threads": threads if len(ranges) > 1 else 1}
+
+
+def _copy_batches(p, pa, names, estimate, schema, batches):
+    """Record batches copied in order into preallocated NumPy columns (grown when the estimate of the row count is
+    short, trimmed at the end): float64 for numbers, object str for text."""
+    kinds = [_kind(p, name, schema.field(j).type, pa) for j, name in enumerate(names)]
+    out = {n: np.empty(estimate, dtype=np.float64 if k == "number" else object) for n, k in zip(names, kinds)}
+    pos = 0
+    for batch in batches:
+        n = batch.num_rows
+        if pos + n > len(out[names[0]]):
+            grow = max(2 * len(out[names[0]]), pos + n)
+            for col in out.values():
+                col.resize(grow, refcheck=False)
+        for j, (name, kind) in enumerate(zip(names, kinds)):
+            out[name][pos:pos + n] = _chunk(batch.column(j), kind, pa)
+        pos += n
     for col in out.values():
         col.resize(pos, refcheck=False)
-    return out, {"ranges": len(ranges), "threads": threads if len(ranges) > 1 else 1}
+    return out
 
 
 def _kind(p, name, t, pa):

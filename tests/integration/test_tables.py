@@ -460,3 +460,50 @@ def test_a_later_byte_range_that_changes_a_columns_kind_reads_the_file_again(tmp
         _same_table(one, parts)
     assert whole[0].columns["a"][2000] == 1.5 and whole[1].columns["b"][2000] == "oops"
     assert whole[1].columns["b"].dtype == object and whole[1].columns["b"][0] == "0"
+
+
+@pytest.mark.parametrize("how", ["ranges", "streamed"])
+def test_a_literal_quote_never_moves_a_range_boundary_into_a_quoted_value(tmp_path, monkeypatch, how):
+    """A quote inside an unquoted field (``5" tv``) is literal for pyarrow: counting it as quoting put a range
+    boundary inside the next multi-line quoted value, which silently became invented rows (adversarial pass).
+    Ranged, and streamed in one pass (a file with more quotes than the scan takes), equal the csv module."""
+    from gpunet.tabular import files
+
+    lines = ['id,desc', '0,a 5" tv'] + [f"{i},plain {i}" for i in range(1, 400)]
+    lines += ['400,"first line\n1,second line\n2,""third"" line"', '401,"a\r\nb"']
+    lines += [f"{i},plain {i}" for i in range(402, 799)] + ['799,x 12"']
+    path = tmp_path / "q.csv"
+    path.write_text("\n".join(lines) + "\n", newline="")
+    with open(path, newline="") as f:
+        expected = list(csv.reader(f))[1:]
+    monkeypatch.setattr(files, "BLOCK_BYTES", 200)
+    monkeypatch.setattr(files, "RANGE_BYTES", 150)
+    monkeypatch.setattr(files, "parser_threads", lambda: 2)
+    if how == "streamed":
+        monkeypatch.setattr(files, "MAX_QUOTES", 1)
+    table = tabular.read(path)
+    assert table.read_info.get("streamed", False) == (how == "streamed")
+    assert how == "streamed" or table.read_info["ranges"] > 20
+    assert len(table) == len(expected) == 800
+    assert list(table.columns["desc"]) == [row[1] for row in expected]
+    assert table.columns["desc"][400] == 'first line\n1,second line\n2,"third" line'
+
+
+def test_a_date_column_with_a_later_datetime_reads_as_one_pass_would(tmp_path, monkeypatch):
+    """pyarrow types a column of dates with later datetimes as a timestamp when it sees both; read in ranges, the
+    first range says date32 and a later one fails: the column is widened along pyarrow's own order (date32,
+    time32, timestamp[s], timestamp[ns], float64, text), not straight to text, so the values are the same text
+    whatever the file's size (adversarial pass: '2020-01-28' against '2020-01-28 00:00:00')."""
+    from gpunet.tabular import files
+
+    body = "".join(f"{i},2020-01-{i % 28 + 1:02d},{i}\n" for i in range(60))
+    body += "".join(f"{i},2020-01-01 10:00:00,1.5\n" for i in range(5)) + "7,2020-01-01 10:00:00.25,x\n"
+    (tmp_path / "d.csv").write_text("a,d,t\n" + body)
+    one = tabular.read(tmp_path / "d.csv")
+    monkeypatch.setattr(files, "BLOCK_BYTES", 300)
+    monkeypatch.setattr(files, "RANGE_BYTES", 300)
+    monkeypatch.setattr(files, "parser_threads", lambda: 3)
+    ranged = tabular.read(tmp_path / "d.csv")
+    assert ranged.read_info["ranges"] > 2
+    _same_table(one, ranged)
+    assert ranged.columns["d"][55].startswith("2020-01-28 00:00:00") and ranged.columns["t"][-1] == "x"
