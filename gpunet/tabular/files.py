@@ -1,5 +1,6 @@
 """The user's files read into a :class:`RawTable` of named columns: CSV/TSV through pyarrow's CSV parser, byte
-ranges in parallel threads (extra ``gpunet[tables]``), Parquet through pyarrow, ``.npz`` (``X``, ``y``) and ``.npy`` pairs.
+ranges in parallel threads (:mod:`.csvfile`, extra ``gpunet[tables]``), Parquet through pyarrow, ``.npz`` (``X``,
+``y``) and ``.npy`` pairs.
 
 A column is either numeric (float64, NaN where a cell is missing) or text (an object array of ``str``, ``None``
 where a cell is missing), so that "007" and "7" stay two labels. Files are a trust boundary: sizes are checked
@@ -9,14 +10,8 @@ with one line naming the file and the place.
 """
 from __future__ import annotations
 
-import bisect
-import collections
-import csv
 import os
-import re
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,35 +19,13 @@ import numpy as np
 from gpunet._files import npy_header
 from gpunet._optional import import_optional
 from gpunet.errors import DataError
+from gpunet.tabular import csvfile
+from gpunet.tabular.raw import NULL_SET, NULLS, RawTable, from_arrow
+
+__all__ = ["SUFFIXES", "NULLS", "NULL_SET", "RawTable", "max_bytes", "check_file", "read", "load_npy",
+           "read_targets_npy"]
 
 SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".npz", ".npy", ".parquet", ".pq")
-#: cells read as missing: pyarrow's default null strings (pyarrow/_csv.pyx, ConvertOptions.null_values) and a few
-#: more that hand-made tables use
-NULLS = ['', '#N/A', '#N/A N/A', '#NA', '-1.#IND', '-1.#QNAN', '-NaN', '-nan', '1.#IND', '1.#QNAN', 'N/A', 'NA',
-         'NULL', 'NaN', 'n/a', 'nan', 'null', 'na', 'Na', 'None', 'none', 'NONE', '?']
-NULL_SET = set(NULLS)
-
-
-@dataclass
-class RawTable:
-    """Named columns of equal length: float64 (NaN = missing) or object arrays of str (None = missing)."""
-    names: list
-    columns: dict
-    headerless: bool = False
-    path: str = ""
-    notes: list = field(default_factory=list)
-    #: how a CSV file was read: ``{"ranges": byte ranges parsed, "threads": parser threads}``
-    read_info: dict = field(default_factory=dict)
-
-    def __len__(self):
-        return len(self.columns[self.names[0]]) if self.names else 0
-
-    def take(self, idx):
-        return RawTable(list(self.names), {k: v[idx] for k, v in self.columns.items()}, self.headerless, self.path)
-
-    def drop(self, name):
-        return RawTable([n for n in self.names if n != name], {k: v for k, v in self.columns.items() if k != name},
-                        self.headerless, self.path, list(self.notes))
 
 
 def max_bytes():
@@ -88,7 +61,7 @@ def read(path, text_columns=()):
     elif suffix in (".parquet", ".pq"):
         table = _read_parquet(p)
     elif suffix in SUFFIXES or suffix == "":
-        table = _read_csv(p, text_columns)
+        table = csvfile.read_csv(p, text_columns)
     else:
         raise DataError(f"{p}: unknown data format {suffix!r}; use one of {', '.join(SUFFIXES)}")
     if not table.names:
@@ -112,372 +85,6 @@ def _drop_index(table):
     if "" in table.columns:
         raise DataError(f"{table.path}: column {table.names.index('') + 1} has no name; name it in the header")
     return table
-
-
-# ----------------------------------------------------------------------------- CSV
-def _is_number(cell):
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
-
-
-def _has_header(rows):
-    """Whether the first of ``rows`` (lists of str) is a header. A first row of numbers and missing cells is data.
-    Otherwise it is a header, unless every one of its text cells is a value its column holds again further down
-    (a headerless file whose labels are text: "5.1,3.5,setosa"); so "2019,2020,species" is a header."""
-    first, rest = rows[0], rows[1:]
-    text = [j for j, c in enumerate(first) if c.strip() not in NULL_SET and not _is_number(c)]
-    if not text:
-        return False
-    if not rest:
-        return True
-    return not all(any(j < len(r) and r[j] == first[j] for r in rest) for j in text)
-
-
-def _sample(p):
-    with open(p, "rb") as f:
-        raw = f.read(256 * 1024)
-    try:
-        sample = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(raw) - 4:  # not just a multi-byte character cut at the end of the sample
-            raise DataError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start}); is it a binary file?") from None
-        sample = raw[:exc.start].decode("utf-8-sig")
-    if "\x00" in sample:
-        raise DataError(f"{p} holds NUL bytes; is it a binary file?")
-    return sample
-
-
-def _read_csv(p, text_columns):
-    pacsv = import_optional("pyarrow.csv", f"reading {p.name}")
-    pa = import_optional("pyarrow", f"reading {p.name}")
-    sample = _sample(p)
-    delimiter = "\t" if p.suffix.lower() in (".tsv", ".tab") else None
-    if delimiter is None:
-        try:
-            delimiter = csv.Sniffer().sniff(sample[:64 * 1024], delimiters=",;\t ").delimiter
-        except csv.Error:
-            delimiter = ","
-    lines = sample.splitlines()[:-1] if len(sample) == 256 * 1024 else sample.splitlines()
-    rows = [r for r in csv.reader(lines[:201], delimiter=delimiter) if any(c.strip() for c in r)]
-    if not rows:
-        raise DataError(f"{p} holds no rows")
-    header = _has_header(rows)
-    width = len(rows[0])
-    names = [c.strip() for c in rows[0]] if header else [f"column {j}" for j in range(width)]
-    seen = set()
-    dup = sorted({n for n in names if n in seen or seen.add(n)} - {""})
-    if dup:
-        raise DataError(f"{p}: duplicate column name(s) {', '.join(map(repr, dup))}; every column needs its own name")
-    arrow_names = [n if n else f"\x00unnamed {j}" for j, n in enumerate(names)]
-    first_line = next(i for i, line in enumerate(lines) if line.strip())
-    ragged = []
-
-    def on_invalid(row):
-        ragged.append(row)
-        return "error"
-
-    # pyarrow infers each column's type from the first range (_read_ranges); a later range that does not
-    # convert (an integer column with a "1.5", a number column with text) makes the file read again with that
-    # column as float64, then as text (pyarrow/_csv.pyx, read_csv and ConvertOptions.column_types)
-    forced = {arrow_names[j]: pa.string() for j in _positions(names, text_columns)}
-    data_lines = [line for line in lines[first_line + 1:] if line.strip()][:200]
-    bytes_per_row = max(1.0, sum(len(line.encode()) + 1 for line in data_lines) / max(len(data_lines), 1))
-    estimate = int(p.stat().st_size / bytes_per_row * 1.05) + 64
-    read_options = dict(column_names=arrow_names, skip_rows=first_line + (1 if header else 0))
-    # newlines_in_values: a quoted value may hold line breaks (pyarrow's chunker then finds row ends by quotes)
-    parse_options = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=True,
-                                       newlines_in_values=True)
-    split, seen = True, {}
-    for _attempt in range(len(_ladder(pa)) * len(names) + 2):
-        convert = dict(null_values=NULLS, strings_can_be_null=True, true_values=[], false_values=[])
-        try:
-            columns, info = _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, convert, forced,
-                                         split, seen)
-            return RawTable(names, columns, not header, str(p), read_info=info)
-        except pa.ArrowInvalid as exc:
-            where = re.search(r"In CSV column #(\d+)", str(exc))
-            name = arrow_names[int(where.group(1))] if where else None
-            if split and (ragged or name is None):  # a parse problem: judged on the file read in one pass
-                split = False
-                ragged.clear()
-                continue
-            if ragged:
-                raise DataError(_ragged_message(p, delimiter, width)) from None
-            if name is None or forced.get(name) == pa.string():
-                raise DataError(f"{p}: not a readable CSV file ({' '.join(str(exc).split())[:200]})") from None
-            forced[name] = _wider(forced.get(name) or seen.get(name), pa)
-    raise DataError(f"{p}: not a readable CSV file")
-
-
-def _ladder(pa):
-    """The types pyarrow's inference tries, in its order (pyarrow's ConvertOptions docs: null, int64, boolean,
-    date32, time32, timestamp[s], timestamp[ns], float64, string); booleans are off (no true/false values)."""
-    return [pa.date32(), pa.time32("s"), pa.timestamp("s"), pa.timestamp("ns"), pa.float64(), pa.string()]
-
-
-def _wider(current, pa):
-    """The type to read a column with after ``current`` failed on a later cell: the next one pyarrow's inference
-    would have tried, so a file read in ranges types each column as one pass over it would (a date column with
-    a later datetime becomes a timestamp, as in one pass, not text)."""
-    ladder = _ladder(pa)
-    if current in ladder:
-        return ladder[ladder.index(current) + 1]
-    return pa.float64() if current is None or pa.types.is_integer(current) or pa.types.is_null(current) \
-        else pa.string()
-
-
-#: the first byte range of a CSV file, from which pyarrow infers each column's type, and the size of the later
-#: ranges, which parser threads read side by side with those types
-BLOCK_BYTES = 1 << 20
-RANGE_BYTES = 4 << 20
-WINDOW = 2
-
-
-def parser_threads():
-    """Threads that parse a CSV file's byte ranges at once: the cores this process may use, at most 8."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
-
-
-#: above this many quote characters a file is read in one streaming pass: the quote scan would cost more than the
-#: parallel parse saves
-MAX_QUOTES = 1_000_000
-
-
-def _quoted_spans(p, delimiter):
-    """``[(open, close)]``: the byte offsets of every quoted value's quotes, by pyarrow's rules (its defaults: a
-    quote opens a value only as the first character of a field, ``""`` inside a quoted value is a quote, a quote
-    anywhere else is literal, as in ``5" tv``); ``None`` above :data:`MAX_QUOTES` quote characters."""
-    quote, starters = ord('"'), {ord(delimiter), 10, 13}
-    positions, before = [], []
-    count, offset, last = 0, 0, 10  # the file's start counts as a line start
-    with open(p, "rb") as f:
-        while chunk := f.read(16 << 20):
-            if b'"' not in chunk:  # memchr speed: most numeric tables hold no quotes at all
-                last, offset = chunk[-1], offset + len(chunk)
-                continue
-            a = np.frombuffer(chunk, dtype=np.uint8)
-            idx = np.flatnonzero(a == quote)
-            if len(idx):
-                count += len(idx)
-                if count > MAX_QUOTES:
-                    return None
-                prev = a[np.maximum(idx - 1, 0)]
-                if idx[0] == 0:
-                    prev[0] = last
-                positions.append(idx + offset)
-                before.append(prev)
-            last, offset = int(a[-1]), offset + len(chunk)
-    if not positions:
-        return []
-    pos, prev = np.concatenate(positions).tolist(), np.concatenate(before).tolist()
-    spans, opened, i = [], None, 0
-    while i < len(pos):
-        if opened is None:
-            if prev[i] in starters:
-                opened = pos[i]
-            i += 1
-        elif i + 1 < len(pos) and pos[i + 1] == pos[i] + 1:
-            i += 2  # "" inside a quoted value
-        else:
-            spans.append((opened, pos[i]))
-            opened, i = None, i + 1
-    if opened is not None:  # unterminated: to the end of the file
-        spans.append((opened, offset))
-    return spans
-
-
-def _byte_ranges(p, first, size, delimiter):
-    """``[(start, end)]`` covering the file: about ``first`` bytes, then ``size``-byte ranges, each extended to the
-    end of a line outside every quoted value (:func:`_quoted_spans`), so a range always starts at the start of a
-    row; ``None`` where the file holds too many quotes to scan (the caller streams it in one pass)."""
-    total = p.stat().st_size
-    if total <= first:
-        return [(0, total)]
-    spans = _quoted_spans(p, delimiter)
-    if spans is None:
-        return None
-    opens = [a for a, _ in spans]
-    bounds = [0]
-    with open(p, "rb") as f:
-        step = first
-        while bounds[-1] + step < total:
-            at = bounds[-1] + step
-            while True:
-                f.seek(at)
-                f.readline()
-                end = f.tell()  # just past the first line break at or after ``at``
-                k = bisect.bisect_right(opens, end - 1) - 1
-                if end < total and k >= 0 and spans[k][1] > end - 1:  # that line break is inside a quoted value
-                    at = spans[k][1]
-                    continue
-                break
-            if end >= total:
-                break
-            bounds.append(end)
-            step = size
-    bounds.append(total)
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, convert, forced, split=True,
-                 seen=None):
-    """The file parsed as byte ranges by :func:`parser_threads` threads (pyarrow's ``read_csv`` releases the GIL),
-    each range's record batches copied in file order into preallocated NumPy columns, with a few ranges in flight,
-    so the peak memory is the output and a few ranges, not a whole Arrow table beside it. pyarrow infers the
-    types from the first range (as pyarrow's streaming reader does from its first block); the later ranges are read
-    with those types (integers as float64), so a later cell that does not convert raises ``ArrowInvalid`` naming
-    its column, as pyarrow's streaming reader would, and the caller reads the file again with that column widened.
-    ``seen`` (a dict) receives the types the later ranges are read with. ``split=False`` (the caller's fallback
-    for a parse problem), or a file with too many quotes to scan, is read in
-    one pass by pyarrow's streaming reader instead, block by block, with the same copy."""
-    ranges = _byte_ranges(p, BLOCK_BYTES, RANGE_BYTES, parse_options.delimiter) if split else None
-    if ranges is None:
-        reader = pacsv.open_csv(p, read_options=pacsv.ReadOptions(**read_options, block_size=BLOCK_BYTES),
-                                parse_options=parse_options,
-                                convert_options=pacsv.ConvertOptions(**convert, column_types=forced))
-        if seen is not None:
-            seen.update({f.name: f.type for f in reader.schema})
-        return _copy_batches(p, pa, names, estimate, reader.schema, reader), {"ranges": 1, "threads": 1,
-                                                                              "streamed": True}
-    threads = min(parser_threads(), max(1, len(ranges) - 1))
-
-    def parse(i, types):
-        start, end = ranges[i]
-        with open(p, "rb") as f:
-            f.seek(start)
-            data = f.read(end - start)
-        options = dict(read_options, use_threads=False, block_size=max(BLOCK_BYTES, len(data) + 1))
-        if i:
-            options["skip_rows"] = 0  # a later range starts at a line start after the header
-        return pacsv.read_csv(pa.BufferReader(data), read_options=pacsv.ReadOptions(**options),
-                              parse_options=parse_options,
-                              convert_options=pacsv.ConvertOptions(**convert, column_types=types))
-
-    head = [parse(0, forced)]  # popped when copied, so no reference keeps it alive after that
-    schema = head[0].schema
-    later = {f.name: pa.float64() if (pa.types.is_integer(f.type) or pa.types.is_null(f.type)) else f.type
-             for f in schema}
-    if seen is not None:
-        seen.update(later)  # the types a later range failing on a cell was read with
-
-    def tables():
-        yield head.pop()
-        if len(ranges) == 1:
-            return
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gpunet-csv") as pool:
-            pending = collections.deque()
-            following = iter(range(1, len(ranges)))
-            try:
-                for i in following:
-                    pending.append(pool.submit(parse, i, later))
-                    if len(pending) >= WINDOW * threads:
-                        break
-                while pending:
-                    table = pending.popleft().result()
-                    nxt = next(following, None)
-                    if nxt is not None:
-                        pending.append(pool.submit(parse, nxt, later))
-                    yield table
-                    del table
-            finally:
-                for future in pending:
-                    future.cancel()
-
-    batches = (batch for table in tables() for batch in table.to_batches())
-    return _copy_batches(p, pa, names, estimate, schema, batches), {"ranges": len(ranges),
-                                                                    "threads": threads if len(ranges) > 1 else 1}
-
-
-def _copy_batches(p, pa, names, estimate, schema, batches):
-    """Record batches copied in order into preallocated NumPy columns (grown when the estimate of the row count is
-    short, trimmed at the end): float64 for numbers, object str for text."""
-    kinds = [_kind(p, name, schema.field(j).type, pa) for j, name in enumerate(names)]
-    out = {n: np.empty(estimate, dtype=np.float64 if k == "number" else object) for n, k in zip(names, kinds)}
-    pos = 0
-    for batch in batches:
-        n = batch.num_rows
-        if pos + n > len(out[names[0]]):
-            grow = max(2 * len(out[names[0]]), pos + n)
-            for col in out.values():
-                col.resize(grow, refcheck=False)
-        for j, (name, kind) in enumerate(zip(names, kinds)):
-            out[name][pos:pos + n] = _chunk(batch.column(j), kind, pa)
-        pos += n
-    for col in out.values():
-        col.resize(pos, refcheck=False)
-    return out
-
-
-def _kind(p, name, t, pa):
-    if pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t) or \
-            pa.types.is_fixed_size_binary(t):
-        raise DataError(f"{p}: column {name!r} holds {t} values; gpunet reads numbers and text only (flatten or "
-                        f"drop it)")
-    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t):
-        return "number"
-    return "text"
-
-
-def _chunk(arr, kind, pa):
-    """One record batch's column as float64 (NaN = missing) or as str objects (None = missing); text is dictionary
-    encoded first, so the object array holds one str per distinct value of the batch, not one per cell."""
-    if kind == "number":
-        if arr.type != pa.float64():
-            arr = arr.cast(pa.float64())
-        return arr.to_numpy(zero_copy_only=False)
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        arr = arr.cast(pa.string())  # booleans, dates, times: their text
-    encoded = arr.dictionary_encode()
-    values = np.array(encoded.dictionary.to_pylist() + [None], dtype=object)
-    indices = encoded.indices.fill_null(len(values) - 1)
-    return values[indices.to_numpy(zero_copy_only=False)]
-
-
-def _positions(names, wanted):
-    out = set()
-    for w in wanted:
-        if isinstance(w, int) and not isinstance(w, bool) and -len(names) <= w < len(names):
-            out.add(w % len(names))
-        elif w in names:
-            out.add(names.index(w))
-    return out
-
-
-def _ragged_message(p, delimiter, width):
-    with open(p, newline="", encoding="utf-8-sig", errors="replace") as f:
-        for line, row in enumerate(csv.reader(f, delimiter=delimiter), start=1):
-            if any(c.strip() for c in row) and len(row) != width:
-                return f"{p}: line {line} has {len(row)} fields, expected {width} (ragged rows)"
-    return f"{p}: ragged rows"
-
-
-def _from_arrow(p, name, col, pa):
-    """A pyarrow column as float64 (NaN = missing) or object str (None = missing)."""
-    t = col.type
-    if pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t) or \
-            pa.types.is_fixed_size_binary(t):
-        raise DataError(f"{p}: column {name!r} holds {t} values; gpunet reads numbers and text only (flatten or "
-                        f"drop it)")
-    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t):
-        if col.num_chunks == 1 and col.null_count == 0 and t == pa.float64():
-            return col.chunk(0).to_numpy(zero_copy_only=False)
-        return col.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
-    if pa.types.is_dictionary(t):
-        col = col.cast(t.value_type)
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        try:
-            col = col.cast(pa.string())  # booleans, dates, times: their text
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataError(f"{p}: column {name!r} holds {t} values, which gpunet cannot read as numbers or "
-                            f"text") from None
-    return col.to_numpy(zero_copy_only=False).astype(object, copy=False)
 
 
 # ----------------------------------------------------------------------------- Parquet
@@ -504,7 +111,7 @@ def _read_parquet(p):
     dup = sorted({n for n in names if n in seen or seen.add(n)})
     if dup:
         raise DataError(f"{p}: duplicate column name(s) {', '.join(map(repr, dup))}")
-    return RawTable(names, {n: _from_arrow(p, n, table.column(n), pa) for n in names}, False, str(p))
+    return RawTable(names, {n: from_arrow(p, n, table.column(n), pa) for n in names}, False, str(p))
 
 
 # ----------------------------------------------------------------------------- binary arrays

@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 
 from gpunet.errors import DataError
-from gpunet.tabular.files import NULL_SET, RawTable
+from gpunet.tabular.raw import NULL_SET, RawTable
 
 #: default cap on one-hot columns per categorical feature (the rarer categories share one "other" column)
 MAX_CATEGORIES = 20

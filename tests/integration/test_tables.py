@@ -416,7 +416,7 @@ def test_csv_byte_ranges_read_in_parallel_equal_one_pass(tmp_path, monkeypatch, 
     """The CSV reader parses byte ranges in parser threads: with ranges of a few hundred bytes (so every kind of
     line meets a range boundary: blank lines, missing cells, quoted commas, quoted line breaks, CRLF) and 3 threads, the table is the
     one a single range gives, value for value, and read_info shows that the ranges and threads were used."""
-    from gpunet.tabular import files
+    from gpunet.tabular import csvfile as files
 
     rng = np.random.default_rng(0)
     lines = ["id,x,city,note"]
@@ -445,7 +445,7 @@ def test_a_later_byte_range_that_changes_a_columns_kind_reads_the_file_again(tmp
     """The later ranges are read with the types inferred from the first; an integer column with "1.5" in a later
     range (read as float64, as in one pass) and a text cell in a number column (the column then read as text)
     give the one-pass result, whichever thread meets them."""
-    from gpunet.tabular import files
+    from gpunet.tabular import csvfile as files
 
     rows = "".join(f"{i},{i % 7},{'x' if i % 2 else 'y'}\n" for i in range(2000))
     (tmp_path / "late.csv").write_text("a,b,label\n" + rows + "1.5,2,x\n" + rows)
@@ -467,7 +467,7 @@ def test_a_literal_quote_never_moves_a_range_boundary_into_a_quoted_value(tmp_pa
     """A quote inside an unquoted field (``5" tv``) is literal for pyarrow: counting it as quoting put a range
     boundary inside the next multi-line quoted value, which silently became invented rows (adversarial pass).
     Ranged, and streamed in one pass (a file with more quotes than the scan takes), equal the csv module."""
-    from gpunet.tabular import files
+    from gpunet.tabular import csvfile as files
 
     lines = ['id,desc', '0,a 5" tv'] + [f"{i},plain {i}" for i in range(1, 400)]
     lines += ['400,"first line\n1,second line\n2,""third"" line"', '401,"a\r\nb"']
@@ -494,7 +494,7 @@ def test_a_date_column_with_a_later_datetime_reads_as_one_pass_would(tmp_path, m
     first range says date32 and a later one fails: the column is widened along pyarrow's own order (date32,
     time32, timestamp[s], timestamp[ns], float64, text), not straight to text, so the values are the same text
     whatever the file's size (adversarial pass: '2020-01-28' against '2020-01-28 00:00:00')."""
-    from gpunet.tabular import files
+    from gpunet.tabular import csvfile as files
 
     body = "".join(f"{i},2020-01-{i % 28 + 1:02d},{i}\n" for i in range(60))
     body += "".join(f"{i},2020-01-01 10:00:00,1.5\n" for i in range(5)) + "7,2020-01-01 10:00:00.25,x\n"
