@@ -1,6 +1,6 @@
 """CSV and TSV files read into a :class:`~gpunet.tabular.raw.RawTable` through pyarrow's CSV parser (extra
 ``gpunet[tables]``): the header found by the ``csv`` module, the file cut into byte ranges at row starts (never
-inside a quoted value) and parsed by parallel threads, a streaming pass where ranges cannot be used."""
+inside a quoted value) and parsed by parallel threads; one whole-file pass where ranges cannot be used."""
 from __future__ import annotations
 
 import bisect
@@ -37,6 +37,13 @@ def _has_header(rows):
     return not all(any(j < len(r) and r[j] == first[j] for r in rest) for j in text)
 
 
+def _physical_lines(text):
+    """The lines as pyarrow counts them for ``skip_rows``: ``\n``, ``\r\n`` or ``\r`` ends one (``str.splitlines``
+    also splits at ``\x0c``, ``\x1c``, ``\u2028``, ..., which would skip a data row)."""
+    lines = re.split(r"\r\n|\r|\n", text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def _sample(p):
     with open(p, "rb") as f:
         raw = f.read(256 * 1024)
@@ -61,7 +68,8 @@ def read_csv(p, text_columns):
             delimiter = csv.Sniffer().sniff(sample[:64 * 1024], delimiters=",;\t ").delimiter
         except csv.Error:
             delimiter = ","
-    lines = sample.splitlines()[:-1] if len(sample) == 256 * 1024 else sample.splitlines()
+    lines = _physical_lines(sample)
+    lines = lines[:-1] if len(sample) == 256 * 1024 else lines
     rows = [r for r in csv.reader(lines[:201], delimiter=delimiter) if any(c.strip() for c in r)]
     if not rows:
         raise DataError(f"{p} holds no rows")
@@ -74,6 +82,13 @@ def read_csv(p, text_columns):
         raise DataError(f"{p}: duplicate column name(s) {', '.join(map(repr, dup))}; every column needs its own name")
     arrow_names = [n if n else f"\x00unnamed {j}" for j, n in enumerate(names)]
     first_line = next(i for i, line in enumerate(lines) if line.strip())
+    if header:
+        try:
+            next(csv.reader([lines[first_line]], delimiter=delimiter, strict=True))
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                raise DataError(f"{p}: the header line ends inside a quoted column name (a line break in a name?); "
+                                f"the header must be one line") from None
     ragged = []
 
     def on_invalid(row):
@@ -91,7 +106,7 @@ def read_csv(p, text_columns):
     # newlines_in_values: a quoted value may hold line breaks (pyarrow's chunker then finds row ends by quotes)
     parse_options = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=True,
                                        newlines_in_values=True)
-    split, seen = True, {}
+    split, seen, tried = True, {}, {}
     for _attempt in range(len(_ladder(pa)) * len(names) + 2):
         convert = dict(null_values=NULLS, strings_can_be_null=True, true_values=[], false_values=[])
         try:
@@ -109,7 +124,11 @@ def read_csv(p, text_columns):
                 raise DataError(_ragged_message(p, delimiter, width)) from None
             if name is None or forced.get(name) == pa.string():
                 raise DataError(f"{p}: not a readable CSV file ({' '.join(str(exc).split())[:200]})") from None
-            forced[name] = _wider(forced.get(name) or seen.get(name), pa)
+            current = forced.get(name) or seen.get(name)
+            read_as = current if current is None or not (pa.types.is_integer(current) or pa.types.is_null(current)) \
+                else pa.float64()  # what the later ranges read such a column as
+            tried.setdefault(name, set()).add(str(read_as))
+            forced[name] = _wider(current, pa, tried[name])
     raise DataError(f"{p}: not a readable CSV file")
 
 
@@ -119,15 +138,21 @@ def _ladder(pa):
     return [pa.date32(), pa.time32("s"), pa.timestamp("s"), pa.timestamp("ns"), pa.float64(), pa.string()]
 
 
-def _wider(current, pa):
-    """The type to read a column with after ``current`` failed on a later cell: the next one pyarrow's inference
-    would have tried, so a file read in ranges types each column as one pass over it would (a date column with
-    a later datetime becomes a timestamp, as in one pass, not text)."""
+def _wider(current, pa, tried=()):
+    """The type to read a column with after it failed on a later cell: the next one pyarrow's inference would have
+    tried after ``current`` (the first range's type, or the last widening) that has not failed yet (``tried``:
+    their names), so a file read in ranges types each column as one pass over it would: a date column with a
+    later datetime becomes a timestamp, and a column empty in the first range starts the order again."""
     ladder = _ladder(pa)
-    if current in ladder:
-        return ladder[ladder.index(current) + 1]
-    return pa.float64() if current is None or pa.types.is_integer(current) or pa.types.is_null(current) \
-        else pa.string()
+    if current is None or pa.types.is_null(current):
+        candidates = ladder
+    elif current in ladder:
+        candidates = ladder[ladder.index(current) + 1:]
+    elif pa.types.is_integer(current):
+        candidates = [pa.float64(), pa.string()]
+    else:
+        candidates = [pa.string()]
+    return next((t for t in candidates if str(t) not in tried), pa.string())
 
 
 #: the first byte range of a CSV file, from which pyarrow infers each column's type, and the size of the later
@@ -146,7 +171,7 @@ def parser_threads():
     return max(1, min(8, cores))
 
 
-#: above this many quote characters a file is read in one streaming pass: the quote scan would cost more than the
+#: above this many quote characters a file is read in one whole-file pass: the quote scan would cost more than the
 #: parallel parse saves
 MAX_QUOTES = 1_000_000
 
@@ -172,6 +197,8 @@ def _quoted_spans(p, delimiter):
                 prev = a[np.maximum(idx - 1, 0)]
                 if idx[0] == 0:
                     prev[0] = last
+                if offset == 0 and chunk.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM: the text starts after it
+                    prev[idx == 3] = 10
                 positions.append(idx + offset)
                 before.append(prev)
             last, offset = int(a[-1]), offset + len(chunk)
@@ -235,18 +262,19 @@ def _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, con
     types from the first range (as pyarrow's streaming reader does from its first block); the later ranges are read
     with those types (integers as float64), so a later cell that does not convert raises ``ArrowInvalid`` naming
     its column, as pyarrow's streaming reader would, and the caller reads the file again with that column widened.
-    ``seen`` (a dict) receives the types the later ranges are read with. ``split=False`` (the caller's fallback
-    for a parse problem), or a file with too many quotes to scan, is read in
-    one pass by pyarrow's streaming reader instead, block by block, with the same copy."""
+    ``seen`` (a dict) receives the types inferred from the first range. ``split=False`` (the caller's fallback for
+    a parse problem), or a file with too many quotes to scan, is read in one pass by pyarrow's whole-file reader
+    instead, with the same copy."""
     ranges = _byte_ranges(p, BLOCK_BYTES, RANGE_BYTES, parse_options.delimiter) if split else None
-    if ranges is None:
-        reader = pacsv.open_csv(p, read_options=pacsv.ReadOptions(**read_options, block_size=BLOCK_BYTES),
-                                parse_options=parse_options,
-                                convert_options=pacsv.ConvertOptions(**convert, column_types=forced))
+    if ranges is None:  # pyarrow's whole-file reader (its streaming reader can drop the \n of a quoted \r\n at a
+        # block boundary; a whole-file read gets it right): more memory, for the rare file that needs it
+        table = pacsv.read_csv(p, read_options=pacsv.ReadOptions(**read_options, block_size=16 << 20),
+                               parse_options=parse_options,
+                               convert_options=pacsv.ConvertOptions(**convert, column_types=forced))
         if seen is not None:
-            seen.update({f.name: f.type for f in reader.schema})
-        return _copy_batches(p, pa, names, estimate, reader.schema, reader), {"ranges": 1, "threads": 1,
-                                                                              "streamed": True}
+            seen.update({f.name: f.type for f in table.schema})
+        return _copy_batches(p, pa, names, estimate, table.schema, table.to_batches()), {"ranges": 1, "threads": 1,
+                                                                                         "one_pass": True}
     threads = min(parser_threads(), max(1, len(ranges) - 1))
 
     def parse(i, types):
@@ -266,7 +294,7 @@ def _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, con
     later = {f.name: pa.float64() if (pa.types.is_integer(f.type) or pa.types.is_null(f.type)) else f.type
              for f in schema}
     if seen is not None:
-        seen.update(later)  # the types a later range failing on a cell was read with
+        seen.update({f.name: f.type for f in schema})  # inferred from the first range (null, int64: read as float64)
 
     def tables():
         yield head.pop()
