@@ -80,8 +80,13 @@ def read_csv(p, text_columns):
     dup = sorted({n for n in names if n in seen or seen.add(n)} - {""})
     if dup:
         raise DataError(f"{p}: duplicate column name(s) {', '.join(map(repr, dup))}; every column needs its own name")
+    unnamed = [j + 1 for j, n in enumerate(names) if not n]
+    if len(unnamed) > 1:  # one may be pandas' index (dropped later); more would share one output column
+        raise DataError(f"{p}: columns {', '.join(map(str, unnamed))} have no name; name them in the header")
     arrow_names = [n if n else f"\x00unnamed {j}" for j, n in enumerate(names)]
-    first_line = next(i for i, line in enumerate(lines) if line.strip())
+    # the header is the first line with text; without one, the data start at the first line that is a row for
+    # pyarrow: a line of tabs in a tab-separated file is a row of missing cells, not a blank line to skip
+    first_line = next(i for i, line in enumerate(lines) if (line if header else line.replace(delimiter, "x")).strip())
     if header:
         try:
             next(csv.reader([lines[first_line]], delimiter=delimiter, strict=True))
@@ -242,6 +247,9 @@ def _byte_ranges(p, first, size, delimiter):
                 k = bisect.bisect_right(opens, end - 1) - 1
                 if end < total and k >= 0 and spans[k][1] > end - 1:  # that line break is inside a quoted value
                     at = spans[k][1]
+                    continue
+                if f.read(3) == b"\xef\xbb\xbf":  # pyarrow would strip a BOM that starts a range: not here
+                    at = end
                     continue
                 break
             if end >= total:
