@@ -16,6 +16,7 @@ import time
 import warnings
 
 import numpy as np
+import scipy.optimize
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -24,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 
 import gpunet as gn
 from gpunet.sklearn import MLPClassifier as GnMLP
+from gpunet.training import lbfgs
 
 
 def run(cls, data, params, seeds=(0, 1, 2), **extra):
@@ -77,24 +79,15 @@ def main():
         if params["solver"] == "lbfgs":
             # gpunet runs SciPy's own OpenBLAS pool at one thread during L-BFGS (gpunet/training/lbfgs.py);
             # scikit-learn with the same limit shows what is left once that contention is gone for both
-            limited = _scipy_blas_one_thread()
-            if limited is not None:
-                with limited:
+            controller, paths = lbfgs.scipy_blas_pools(scipy.optimize)
+            if controller is not None and paths:  # SciPy has a BLAS of its own to limit
+                with lbfgs.one_scipy_blas_thread(scipy.optimize):
                     fair_t, _ = run(SkMLP, data, params, seeds)
                 row.update(sklearn_scipy_blas_1_s=fair_t, speedup_vs_limited_sklearn=fair_t / gn_t)
                 line += f" | sklearn with SciPy's BLAS at 1 thread {fair_t:7.2f}s: {fair_t / gn_t:.2f}x"
         rows.append(row)
         print(line, flush=True)
     print(json.dumps({"machine": _machine(), "rows": rows}, indent=1))
-
-
-def _scipy_blas_one_thread():
-    import scipy.optimize
-
-    from gpunet.training.lbfgs import scipy_blas_pools
-
-    controller, paths = scipy_blas_pools(scipy.optimize)
-    return controller.select(filepath=paths).limit(limits=1) if controller is not None and paths else None
 
 
 def _machine():

@@ -126,6 +126,15 @@ def choose_stacked(cfg, data, seeds):
     return stacked < sequential, reason, True
 
 
+def _warm_up(model, cfg, data):
+    """One epoch of ``model`` (an MLP or an MLPStack) on two batches of the training data, outside any timing: it
+    compiles the fused CPU step that the timed fits then use."""
+    rows = min(len(data.train[0]), 2 * cfg["batch_size"])
+    loss = model.resolve_loss(cfg["loss"])
+    model.fit(data.train[0][:rows], targets(model, loss, data.train[1][:rows], data.classes is not None), epochs=1,
+              batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss, verbose=0)
+
+
 def _train_seeds(cfg, data, seeds, record, fold=None):
     """The configuration ``cfg`` trained once per seed: ``[(model, history, seconds)]``. Without a
     learning-rate schedule or per-batch records, and where :func:`choose_stacked` measures it faster, all seeds
@@ -150,24 +159,16 @@ def _train_seeds(cfg, data, seeds, record, fold=None):
         stack = _new_stack(cfg, data, seeds)
         loss = stack.resolve_loss(cfg["loss"])
         if not warmed:  # a forced or CUDA choice measured nothing: compile the stacked step outside the timing
-            rows = min(len(data.train[0]), 2 * cfg["batch_size"])
-            _new_stack(cfg, data, seeds).fit(data.train[0][:rows],
-                                             targets(stack, loss, data.train[1][:rows], data.classes is not None),
-                                             epochs=1, batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg),
-                                             loss=loss)
+            _warm_up(_new_stack(cfg, data, seeds), cfg, data)
         t0 = time.perf_counter()
         hists = stack.fit(data.train[0], targets(stack, loss, data.train[1], data.classes is not None),
                           epochs=cfg["epochs"], batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss)
         seconds = (time.perf_counter() - t0) / len(seeds)
         return [(m, h, seconds) for m, h in zip(stack.models(), hists)], True
     if fold == 0 or (fold is None and not warmed):
-        # warm up (compile the fused CPU step) so the first seed's time is like the others' (choose_stacked's
-        # measurement did, where it ran; a forced $GPUNET_STACK=0 measures nothing)
-        warm = make_model({**cfg, "seed": seeds[0]}, data)
-        rows = min(len(data.train[0]), 2 * cfg["batch_size"])
-        warm.fit(data.train[0][:rows], targets(warm, warm.resolve_loss(cfg["loss"]), data.train[1][:rows],
-                                              data.classes is not None),
-                 epochs=1, batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), verbose=0)
+        # so the first seed's time is like the others' (choose_stacked's measurement warmed up, where it ran; a
+        # forced $GPUNET_STACK=0 measures nothing)
+        _warm_up(make_model({**cfg, "seed": seeds[0]}, data), cfg, data)
     runs = []
     for seed in seeds:
         model = make_model({**cfg, "seed": seed}, data)

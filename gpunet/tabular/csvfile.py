@@ -102,16 +102,16 @@ def read_csv(p, text_columns):
 
     # pyarrow infers each column's type from the first range (_read_ranges); a later range that does not
     # convert (an integer column with a "1.5", a number column with text) makes the file read again with that
-    # column as float64, then as text (pyarrow/_csv.pyx, read_csv and ConvertOptions.column_types)
+    # column widened along pyarrow's inference order (_wider; pyarrow/_csv.pyx, ConvertOptions.column_types)
     forced = {arrow_names[j]: pa.string() for j in _positions(names, text_columns)}
     data_lines = [line for line in lines[first_line + 1:] if line.strip()][:200]
     bytes_per_row = max(1.0, sum(len(line.encode()) + 1 for line in data_lines) / max(len(data_lines), 1))
     estimate = int(p.stat().st_size / bytes_per_row * 1.05) + 64
     read_options = dict(column_names=arrow_names, skip_rows=first_line + (1 if header else 0))
     parse_options = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=True)
+    convert = dict(null_values=NULLS, strings_can_be_null=True, true_values=[], false_values=[])
     split, seen, tried = True, {}, {}
     for _attempt in range(len(_ladder(pa)) * len(names) + 2):
-        convert = dict(null_values=NULLS, strings_can_be_null=True, true_values=[], false_values=[])
         try:
             columns, info = _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, convert, forced,
                                          split, seen)
@@ -128,11 +128,17 @@ def read_csv(p, text_columns):
             if name is None or forced.get(name) == pa.string():
                 raise DataError(f"{p}: not a readable CSV file ({' '.join(str(exc).split())[:200]})") from None
             current = forced.get(name) or seen.get(name)
-            read_as = current if current is None or not (pa.types.is_integer(current) or pa.types.is_null(current)) \
-                else pa.float64()  # what the later ranges read such a column as
-            tried.setdefault(name, set()).add(str(read_as))
+            tried.setdefault(name, set())
+            if current is not None:
+                tried[name].add(str(_later_type(current, pa)))  # the type that just failed
             forced[name] = _wider(current, pa, tried[name])
     raise DataError(f"{p}: not a readable CSV file")
+
+
+def _later_type(t, pa):
+    """The type the later ranges read a column with whose first range pyarrow typed ``t``: integers (a later "1.5")
+    and all-missing columns as float64, anything else as ``t``."""
+    return pa.float64() if pa.types.is_integer(t) or pa.types.is_null(t) else t
 
 
 def _ladder(pa):
@@ -193,17 +199,16 @@ def _quoted_spans(p, delimiter):
                 continue
             a = np.frombuffer(chunk, dtype=np.uint8)
             idx = np.flatnonzero(a == quote)
-            if len(idx):
-                count += len(idx)
-                if count > MAX_QUOTES:
-                    return None
-                prev = a[np.maximum(idx - 1, 0)]
-                if idx[0] == 0:
-                    prev[0] = last
-                if offset == 0 and chunk.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM: the text starts after it
-                    prev[idx == 3] = 10
-                positions.append(idx + offset)
-                before.append(prev)
+            count += len(idx)
+            if count > MAX_QUOTES:
+                return None
+            prev = a[np.maximum(idx - 1, 0)]
+            if idx[0] == 0:
+                prev[0] = last
+            if offset == 0 and chunk.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM: the text starts after it
+                prev[idx == 3] = 10
+            positions.append(idx + offset)
+            before.append(prev)
             last, offset = int(a[-1]), offset + len(chunk)
     if not positions:
         return []
@@ -227,7 +232,7 @@ def _quoted_spans(p, delimiter):
 def _byte_ranges(p, first, size, delimiter):
     """``[(start, end)]`` covering the file: about ``first`` bytes, then ``size``-byte ranges, each extended to the
     end of a line outside every quoted value (:func:`_quoted_spans`), so a range always starts at the start of a
-    row; ``None`` where the file holds too many quotes to scan (the caller streams it in one pass)."""
+    row; ``None`` where the file holds too many quotes to scan (the caller reads it in one whole-file pass)."""
     total = p.stat().st_size
     if total <= first:
         return [(0, total)]
@@ -302,10 +307,9 @@ def _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, con
 
     head = [parse(0, forced)]  # popped when copied, so no reference keeps it alive after that
     schema = head[0].schema
-    later = {f.name: pa.float64() if (pa.types.is_integer(f.type) or pa.types.is_null(f.type)) else f.type
-             for f in schema}
+    later = {f.name: _later_type(f.type, pa) for f in schema}
     if seen is not None:
-        seen.update({f.name: f.type for f in schema})  # inferred from the first range (null, int64: read as float64)
+        seen.update({f.name: f.type for f in schema})  # inferred from the first range
 
     def tables():
         yield head.pop()
@@ -331,8 +335,7 @@ def _read_ranges(p, pa, pacsv, names, estimate, read_options, parse_options, con
                     future.cancel()
 
     batches = (batch for table in tables() for batch in table.to_batches())
-    return _copy_batches(p, pa, names, estimate, schema, batches), {"ranges": len(ranges),
-                                                                    "threads": threads if len(ranges) > 1 else 1}
+    return _copy_batches(p, pa, names, estimate, schema, batches), {"ranges": len(ranges), "threads": threads}
 
 
 def _copy_batches(p, pa, names, estimate, schema, batches):

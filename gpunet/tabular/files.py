@@ -19,11 +19,8 @@ import numpy as np
 from gpunet._files import npy_header
 from gpunet._optional import import_optional
 from gpunet.errors import DataError
-from gpunet.tabular import csvfile
-from gpunet.tabular.raw import NULL_SET, NULLS, RawTable, from_arrow
-
-__all__ = ["SUFFIXES", "NULLS", "NULL_SET", "RawTable", "max_bytes", "check_file", "read", "load_npy",
-           "read_targets_npy"]
+from gpunet.tabular.csvfile import read_csv
+from gpunet.tabular.raw import RawTable, from_arrow
 
 SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".npz", ".npy", ".parquet", ".pq")
 
@@ -61,7 +58,7 @@ def read(path, text_columns=()):
     elif suffix in (".parquet", ".pq"):
         table = _read_parquet(p)
     elif suffix in SUFFIXES or suffix == "":
-        table = csvfile.read_csv(p, text_columns)
+        table = read_csv(p, text_columns)
     else:
         raise DataError(f"{p}: unknown data format {suffix!r}; use one of {', '.join(SUFFIXES)}")
     if not table.names:

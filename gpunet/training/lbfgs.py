@@ -48,7 +48,9 @@ def scipy_blas_pools(optimize):
     return controller, paths
 
 
-def _one_scipy_blas_thread(optimize):
+def one_scipy_blas_thread(optimize):
+    """A context in which SciPy's own BLAS pool runs one thread (a no-op where it shares NumPy's, or without
+    threadpoolctl, which it warns of once)."""
     controller, paths = scipy_blas_pools(optimize)
     if controller is None:
         if not _warned:
@@ -97,7 +99,7 @@ def minimize(model, X, y, *, loss=None, sample_weight=None, max_iter=200, max_fu
     with be.activate():
         ws = model.workspace(Xd.shape[0])
         x0 = model.dense(be.to_host(model.params)).astype(np.float64)
-        with np.errstate(over="ignore", invalid="ignore"), _one_scipy_blas_thread(optimize):
+        with np.errstate(over="ignore", invalid="ignore"), one_scipy_blas_thread(optimize):
             result = optimize.minimize(value_and_grad, x0, method="L-BFGS-B", jac=True, callback=on_iteration,
                                        options={"maxiter": int(max_iter), "maxfun": int(max_fun), "gtol": float(tol)})
         model.params[...] = be.to_device(model.padded(result.x), model.dtype)

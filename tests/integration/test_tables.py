@@ -400,6 +400,16 @@ def test_every_door_of_a_table_model_checks_the_columns_by_name(penguins):
     np.testing.assert_array_equal(net.predict(frame[net.schema.names].to_numpy(object)), net.predict(frame))
 
 
+def _tiny_ranges(monkeypatch, first=300, size=300, threads=3):
+    """The CSV reader with ranges of a few hundred bytes and several parser threads, so that small files meet
+    range boundaries everywhere."""
+    from gpunet.tabular import csvfile
+
+    monkeypatch.setattr(csvfile, "BLOCK_BYTES", first)
+    monkeypatch.setattr(csvfile, "RANGE_BYTES", size)
+    monkeypatch.setattr(csvfile, "parser_threads", lambda: threads)
+
+
 def _same_table(a, b):
     assert a.names == b.names and len(a) == len(b)
     for name in a.names:
@@ -416,7 +426,6 @@ def test_csv_byte_ranges_read_in_parallel_equal_one_pass(tmp_path, monkeypatch, 
     """The CSV reader parses byte ranges in parser threads: with ranges of a few hundred bytes (so every kind of
     line meets a range boundary: blank lines, missing cells, quoted commas, quoted line breaks, CRLF) and 3 threads, the table is the
     one a single range gives, value for value, and read_info shows that the ranges and threads were used."""
-    from gpunet.tabular import csvfile as files
 
     rng = np.random.default_rng(0)
     lines = ["id,x,city,note"]
@@ -430,9 +439,7 @@ def test_csv_byte_ranges_read_in_parallel_equal_one_pass(tmp_path, monkeypatch, 
     (tmp_path / "t.csv").write_text(newline.join(lines) + newline, newline="")
     whole = tabular.read(tmp_path / "t.csv")
     assert whole.read_info == {"ranges": 1, "threads": 1}
-    monkeypatch.setattr(files, "BLOCK_BYTES", 600)
-    monkeypatch.setattr(files, "RANGE_BYTES", 300)
-    monkeypatch.setattr(files, "parser_threads", lambda: 3)
+    _tiny_ranges(monkeypatch, 600, 300, 3)
     parts = tabular.read(tmp_path / "t.csv")
     assert parts.read_info["ranges"] > 100 and parts.read_info["threads"] == 3
     _same_table(whole, parts)
@@ -445,15 +452,12 @@ def test_a_later_byte_range_that_changes_a_columns_kind_reads_the_file_again(tmp
     """The later ranges are read with the types inferred from the first; an integer column with "1.5" in a later
     range (read as float64, as in one pass) and a text cell in a number column (the column then read as text)
     give the one-pass result, whichever thread meets them."""
-    from gpunet.tabular import csvfile as files
 
     rows = "".join(f"{i},{i % 7},{'x' if i % 2 else 'y'}\n" for i in range(2000))
     (tmp_path / "late.csv").write_text("a,b,label\n" + rows + "1.5,2,x\n" + rows)
     (tmp_path / "text.csv").write_text("a,b,label\n" + rows + "3,oops,x\n" + rows)
     whole = [tabular.read(tmp_path / n, text_columns=[-1]) for n in ("late.csv", "text.csv")]
-    monkeypatch.setattr(files, "BLOCK_BYTES", 500)
-    monkeypatch.setattr(files, "RANGE_BYTES", 700)
-    monkeypatch.setattr(files, "parser_threads", lambda: 2)
+    _tiny_ranges(monkeypatch, 500, 700, 2)
     for one, name in zip(whole, ("late.csv", "text.csv")):
         parts = tabular.read(tmp_path / name, text_columns=[-1])
         assert parts.read_info["ranges"] > 20
@@ -476,9 +480,7 @@ def test_a_literal_quote_never_moves_a_range_boundary_into_a_quoted_value(tmp_pa
     path.write_text("\n".join(lines) + "\n", newline="")
     with open(path, newline="") as f:
         expected = list(csv.reader(f))[1:]
-    monkeypatch.setattr(files, "BLOCK_BYTES", 200)
-    monkeypatch.setattr(files, "RANGE_BYTES", 150)
-    monkeypatch.setattr(files, "parser_threads", lambda: 2)
+    _tiny_ranges(monkeypatch, 200, 150, 2)
     if how == "one pass":
         monkeypatch.setattr(files, "MAX_QUOTES", 1)
     table = tabular.read(path)
@@ -494,25 +496,16 @@ def test_a_date_column_with_a_later_datetime_reads_as_one_pass_would(tmp_path, m
     first range says date32 and a later one fails: the column is widened along pyarrow's own order (date32,
     time32, timestamp[s], timestamp[ns], float64, text), not straight to text, so the values are the same text
     whatever the file's size (adversarial pass: '2020-01-28' against '2020-01-28 00:00:00')."""
-    from gpunet.tabular import csvfile as files
 
     body = "".join(f"{i},2020-01-{i % 28 + 1:02d},{i}\n" for i in range(60))
     body += "".join(f"{i},2020-01-01 10:00:00,1.5\n" for i in range(5)) + "7,2020-01-01 10:00:00.25,x\n"
     (tmp_path / "d.csv").write_text("a,d,t\n" + body)
     one = tabular.read(tmp_path / "d.csv")
-    monkeypatch.setattr(files, "BLOCK_BYTES", 300)
-    monkeypatch.setattr(files, "RANGE_BYTES", 300)
-    monkeypatch.setattr(files, "parser_threads", lambda: 3)
+    _tiny_ranges(monkeypatch, 300, 300, 3)
     ranged = tabular.read(tmp_path / "d.csv")
     assert ranged.read_info["ranges"] > 2
     _same_table(one, ranged)
     assert ranged.columns["d"][55].startswith("2020-01-28 00:00:00") and ranged.columns["t"][-1] == "x"
-
-
-def _tiny_ranges(monkeypatch, files, size=300, threads=3):
-    monkeypatch.setattr(files, "BLOCK_BYTES", size)
-    monkeypatch.setattr(files, "RANGE_BYTES", size)
-    monkeypatch.setattr(files, "parser_threads", lambda: threads)
 
 
 def test_csv_edge_cases_of_the_second_adversarial_pass(tmp_path, monkeypatch):
@@ -533,7 +526,7 @@ def test_csv_edge_cases_of_the_second_adversarial_pass(tmp_path, monkeypatch):
     crlf = tmp_path / "crlf.csv"
     crlf.write_text("a,b\r\n" + "".join(f'{i},"\r\n""{i}""\r\n"\r\n' for i in range(200)), newline="")
     one = {n: tabular.read(tmp_path / n) for n in ("late.csv", "ff.csv")}
-    _tiny_ranges(monkeypatch, files)
+    _tiny_ranges(monkeypatch)
     table = tabular.read(bom)
     with open(bom, newline="", encoding="utf-8-sig") as f:
         truth = list(csv.reader(f))[1:]
@@ -567,7 +560,6 @@ def test_csv_edge_cases_of_the_third_adversarial_pass(tmp_path, monkeypatch):
     refused naming them. A line of tabs before the data of a headerless TSV is a row of missing cells (it was
     skipped as blank). A row starting with a BOM at a range boundary lost it (pyarrow strips a BOM that starts
     what it parses): no range starts there, so every mode keeps it."""
-    from gpunet.tabular import csvfile as files
 
     for header in (",,b", "a,,"):
         (tmp_path / "u.csv").write_text(header + "\n" + "".join(f"{10 + i * 7},x{i},{i}\n" for i in range(5)))
@@ -579,7 +571,7 @@ def test_csv_edge_cases_of_the_third_adversarial_pass(tmp_path, monkeypatch):
     (tmp_path / "b.csv").write_text("a,b\n" + "".join(f"\ufeff{i},x{i}\n" for i in range(120)) + "".join(
         f"{i},y{i}\n" for i in range(120)))
     one = tabular.read(tmp_path / "b.csv")
-    _tiny_ranges(monkeypatch, files)
+    _tiny_ranges(monkeypatch)
     ranged = tabular.read(tmp_path / "b.csv")
     _same_table(one, ranged)
     assert ranged.read_info["ranges"] > 3 and ranged.columns["a"][32] == "\ufeff32"
