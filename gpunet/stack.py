@@ -95,10 +95,16 @@ class MLPStack:
         self._said = set()
 
     # ---------------------------------------------------------------- preprocessing shared by every model
-    def set_preprocessing(self, input_mean=None, input_scale=None, classes=None):
-        """Give every model the input standardisation and class labels of :class:`gpunet.MLP` (its attributes
-        ``input_mean``, ``input_scale``, ``classes``): applied by ``fit``, kept by :meth:`models`."""
-        for m in self._models:
+    def set_preprocessing(self, input_mean=None, input_scale=None, classes=None, models=None):
+        """Give every model (or the models at the indices ``models``) the input standardisation and class labels
+        of :class:`gpunet.MLP` (its attributes ``input_mean``, ``input_scale``, ``classes``): applied by ``fit``
+        and :meth:`predict`, kept by :meth:`models`. Models trained on their own data (k-fold cross-validation)
+        each get the standardisation fitted on their own training rows. Every model must keep the same classes."""
+        chosen = range(len(self)) if models is None else [checks.check_int("models", k, low=0) for k in models]
+        if any(k >= len(self) for k in chosen):
+            raise ValueError(f"models must be indices below {len(self)} (the stack's models), got {list(models)}")
+        for k in chosen:
+            m = self._models[k]
             m.input_mean, m.input_scale, m.classes = input_mean, input_scale, classes
 
     @property
@@ -211,24 +217,33 @@ class MLPStack:
                 stacked.lr = self.backend.to_device(np.asarray(self.lr, dtype=np.float64)[:, None], self.dtype)
         return stacked
 
-    def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, loss=None, shuffle=True, verbose=0):
+    def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, loss=None, shuffle=True, verbose=0,
+            validation_data=None):
         """Train all K models on ``(X, y)``; returns the list of K :class:`History` objects.
 
         Arguments as in :meth:`gpunet.MLP.fit`. ``optimizer=None`` continues with the stack's
         previous optimizer (state included), else ``Adam()``. A non-finite loss in any model rolls
         every model back to the start of the epoch and raises :class:`DivergenceError` naming it.
+
+        Each model may have its own data (k-fold cross-validation: every fold x seed one model): ``X`` and ``y``
+        are then lists of K arrays, model ``k`` training on ``(X[k], y[k])`` with its own standardisation
+        (:meth:`set_preprocessing` with ``models=``), and ``validation_data`` a list of K pairs. The training sets
+        must have the same number of rows (the models share their batch boundaries); models given the same
+        arrays share one uploaded copy. ``validation_data`` (one pair for all models, or one per model) is
+        evaluated after every epoch as :meth:`gpunet.MLP.fit` does (``val_loss``, ``val_accuracy``).
         """
         epochs = checks.check_int("epochs", epochs, low=0)
         batch_size = checks.check_int("batch_size", batch_size, low=1)
         verbose = checks.check_int("verbose", verbose, low=0)
         m0 = self._models[0]
         loss = m0.resolve_loss(loss)
-        Xd, Yd = m0.upload(X, y, loss, sparse=False)
+        Xd, Yd, base = self._upload_training(X, y, loss)
+        val = self._upload_validation(validation_data, loss)
         opt = self._stacked_optimizer(optimizer)
         # ---- nothing above changed any state ----
         self.optimizer, self.loss = opt, loss
         be, K = self.backend, len(self)
-        n = Xd.shape[0]
+        n = int(Xd.shape[0]) // len(set(base.tolist()))  # every model's training rows (one block per data set)
         B, sizes = batch_sizes(n, batch_size)
         n_batches = sizes.shape[0]
         classification = loss in losses.CLASSIFICATION
@@ -241,7 +256,7 @@ class MLPStack:
                 epoch = self.epochs_trained
                 snapshot.take()
                 orders = np.stack([m.shuffle_rng.permutation(n) if shuffle else np.arange(n) for m in self._models])
-                idx = be.to_device(orders.astype(np.int64))
+                idx = be.to_device(orders.astype(np.int64) + base[:, None])  # model k's rows of its own block
                 batch_loss = self.zeros((n_batches, K))
                 batch_correct = self.zeros((n_batches, K)) if classification else None
                 t0 = time.perf_counter()
@@ -267,10 +282,13 @@ class MLPStack:
                 epoch_loss = sizes @ host_loss / n
                 acc = (be.to_host(batch_correct).sum(axis=0) / losses.accuracy_count(loss, n, self.layer_sizes[-1])
                        if classification else None)
+                val_logs = self._validate(val, loss) if val is not None else None
                 for k, h in enumerate(self.histories):
                     logs = {"loss": float(epoch_loss[k])}
                     if classification:
                         logs["accuracy"] = float(acc[k])
+                    if val_logs is not None:
+                        logs.update({f"val_{key}": v for key, v in val_logs[k].items()})
                     logs["lr"] = float(lrs[k])
                     h.on_epoch_end(epoch, logs)
                     h.seconds.append(seconds / K)
@@ -283,6 +301,97 @@ class MLPStack:
         for h in self.histories:
             h.fast_paths = dict(self.fast_paths)
         return self.histories
+
+    # ------------------------------------------------------------------ data of every model
+    def _per_model(self, X, what):
+        """Whether ``X`` is a list of per-model arrays (each 2-D) rather than one array for every model."""
+        if not isinstance(X, (list, tuple)) or not X or not all(_is_2d(x) for x in X):
+            return False
+        if len(X) != len(self):
+            raise ValueError(f"{what} is a list of {len(X)} arrays for a stack of {len(self)} models: give one per "
+                             f"model, or one array for all of them")
+        return True
+
+    def _groups(self, items):
+        """The models grouped by their data and standardisation: ``[(item, [k, ...])]`` in model order (models
+        given the same arrays and standardisation, e.g. the seeds of one fold, share one upload)."""
+        groups = {}
+        for k, (item, m) in enumerate(zip(items, self._models)):
+            key = tuple(id(v) for v in (*item, m.input_mean, m.input_scale))
+            groups.setdefault(key, (item, []))[1].append(k)
+        return list(groups.values())
+
+    def _upload_groups(self, items, loss, name):
+        """Each distinct (X, y) of ``items`` (one per model) checked and uploaded through the door of its first
+        model (:meth:`gpunet.MLP.upload`, with that model's standardisation): ``[(Xd, Yd, [k, ...])]``."""
+        out = []
+        shared = all(i is items[0] for i in items)
+        for (Xk, yk), ks in self._groups(items):
+            if yk is None and not shared:  # (shared data: the model's door says that y is required)
+                what = "y" if name == "X" else "validation_data"
+                raise ValueError(f"{what} has no targets for model {ks[0]}: pass the targets as well as the inputs")
+            where = name if shared else f"{name}[{ks[0]}]"
+            out.append((*self._models[ks[0]].upload(Xk, yk, loss, name=where, sparse=False), ks))
+        return out
+
+    def _upload_training(self, X, y, loss):
+        """``(Xd, Yd, base)``: the training data on the device, one block of rows per distinct data set and
+        standardisation, and each model's first row in it (``base``, host int64 (K,)). Every block goes through
+        the model's own door before anything changes."""
+        K = len(self)
+        if self._per_model(X, "X"):
+            if not isinstance(y, (list, tuple)) or len(y) != K:
+                raise ValueError(f"X is a list of {K} per-model arrays: y must be a list of {K} target arrays too")
+            items = list(zip(X, y))
+        else:
+            items = [(X, y)] * K
+        blocks = self._upload_groups(items, loss, "X")
+        rows = sorted({int(Xg.shape[0]) for Xg, _, _ in blocks})
+        if len(rows) > 1:
+            raise ValueError(f"the models' training sets have {rows} rows: a stack's models share their batch "
+                             f"boundaries, so every model needs the same number of training rows (stack the "
+                             f"equal-sized sets together)")
+        base = np.empty(K, dtype=np.int64)
+        for i, (_, _, ks) in enumerate(blocks):
+            base[ks] = i * rows[0]
+        if len(blocks) == 1:
+            return blocks[0][0], blocks[0][1], base
+        with self.backend.activate():
+            return _concat(self.xp, [b[0] for b in blocks]), _concat(self.xp, [b[1] for b in blocks]), base
+
+    def _upload_validation(self, validation_data, loss):
+        """``[(Xv, Yv, [k, ...])]``: each distinct validation set on the device (through the model's door, with
+        its standardisation) and the models evaluated on it; ``None`` without validation data."""
+        if validation_data is None:
+            return None
+        K = len(self)
+        if not isinstance(validation_data, (list, tuple)):
+            raise ValueError("validation_data must be a pair (X_val, y_val), or a list of one pair per model")
+        per_model = all(isinstance(v, (list, tuple)) and len(v) == 2 and _is_2d(v[0]) for v in validation_data)
+        if per_model and len(validation_data) != K:
+            raise ValueError(f"validation_data has {len(validation_data)} pairs for a stack of {K} models: give one "
+                             f"per model, or one pair for all of them")
+        pairs = list(validation_data) if per_model else [validation_data] * K
+        if any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in pairs):
+            raise ValueError("validation_data must be a pair (X_val, y_val), or a list of one pair per model")
+        return self._upload_groups([tuple(p) for p in pairs], loss, "validation_data X")
+
+    def _validate(self, val, loss):
+        """Every model's validation metrics, computed as :meth:`gpunet.MLP.evaluate_device` computes them for a
+        model trained alone (the same code, on an evaluation model given each row of the stack's weights)."""
+        ev = self._evaluator()
+        out = [None] * len(self)
+        for Xv, Yv, ks in val:
+            for k in ks:
+                ev.params[...] = self.params[k, ...]
+                out[k] = ev.evaluate_device(Xv, Yv, loss)
+        return out
+
+    def _evaluator(self):
+        if getattr(self, "_eval_model", None) is None:
+            self._eval_model = MLP(self.layer_sizes, self.hidden_activation, self.output_activation,
+                                   device=self.backend, dtype=self.dtype, seed=0, l1=self.l1, l2=self.l2)
+        return self._eval_model
 
     def _say(self, reason, info=True):
         """Log once per stack and reason that it trains with batched GEMMs instead of the fused step (or, at
@@ -340,17 +449,27 @@ class MLPStack:
 
     def predict(self, X):
         """Outputs of every model for ``X``: a host array (K, n_samples, n_outputs). Changes nothing."""
-        m0 = self._models[0]
-        Xd, _ = m0.upload(X, None, None, targets=False, sparse=False)
         xp = self.xp
+        groups = self._groups([(X,)] * len(self))  # one upload per standardisation (folds have their own)
+        inputs = [(self._models[ks[0]].upload(X, None, None, targets=False, sparse=False)[0], ks) for _, ks in groups]
+        out = None
         with self.backend.activate():
-            a = xp.reshape(Xd, (1,) + tuple(Xd.shape))
             layers = self._layer_params()
-            for W, b, _, _ in layers[:-1]:
-                a = activations.ACTIVATIONS[self.hidden_activation](xp.matmul(a, W) + b)
-            W, b = layers[-1][:2]
-            out = activations.ACTIVATIONS[self.output_activation](xp.matmul(a, W) + b)
-            return self.backend.to_host(out)
+            for Xd, ks in inputs:
+                a = xp.reshape(Xd, (1,) + tuple(Xd.shape))
+                chosen = None if len(groups) == 1 else self.backend.to_device(np.asarray(ks, dtype=np.int64))
+                weights = [(W, b) if chosen is None else (xp.take(W, chosen, axis=0), xp.take(b, chosen, axis=0))
+                           for W, b, _, _ in layers]  # the models of this standardisation
+                for W, b in weights[:-1]:
+                    a = activations.ACTIVATIONS[self.hidden_activation](xp.matmul(a, W) + b)
+                W, b = weights[-1]
+                a = self.backend.to_host(activations.ACTIVATIONS[self.output_activation](xp.matmul(a, W) + b))
+                if len(groups) == 1:
+                    return a
+                if out is None:
+                    out = np.empty((len(self),) + a.shape[1:], dtype=a.dtype)
+                out[ks] = a
+        return out
 
     def __repr__(self):
         return (f"MLPStack({list(self.layer_sizes)}, K={len(self)}, hidden_activation={self.hidden_activation!r}, "
@@ -360,6 +479,19 @@ class MLPStack:
 def _transpose(xp, a):
     """Swap the last two axes of a 3-D stack (``permute_dims`` in the Array API, ``swapaxes`` in CuPy)."""
     return xp.swapaxes(a, 1, 2) if hasattr(xp, "swapaxes") else xp.permute_dims(a, (0, 2, 1))
+
+
+def _is_2d(x):
+    """Whether ``x`` is a 2-D array or a list of rows (one data set, not a row or a list of data sets)."""
+    ndim = getattr(x, "ndim", None)
+    if ndim is not None:
+        return ndim == 2
+    return isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], (list, tuple)) and \
+        (len(x[0]) == 0 or not isinstance(x[0][0], (list, tuple)))
+
+
+def _concat(xp, arrays):
+    return (xp.concat if hasattr(xp, "concat") else xp.concatenate)(arrays, axis=0)
 
 
 def _is_view(v, base):

@@ -135,52 +135,83 @@ def _warm_up(model, cfg, data):
               batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss, verbose=0)
 
 
-def _train_seeds(cfg, data, seeds, record, fold=None):
-    """The configuration ``cfg`` trained once per seed: ``[(model, history, seconds)]``. Without a
-    learning-rate schedule or per-batch records, and where :func:`choose_stacked` measures it faster, all seeds
-    train together as one :class:`gpunet.MLPStack` (batched GEMMs; each model equals its own run to float64
-    rounding), else one after the other. The choice and its measurement are printed. A fold (``fold``: its
-    index) always trains one ``MLP.fit`` per seed with the held-out fold as ``validation_data`` (stacking the
-    folds x seeds needs per-model row subsets, which MLPStack does not have yet); said once, for fold 0."""
-
-    schedule = make_schedule(cfg)
-    stacked, reason = False, "a learning-rate schedule or --record batch needs separate fits"
-    warmed = False  # whether a fused CPU step was already compiled by choose_stacked's measurement
-    if fold is not None:
-        reason = "--folds: one MLP.fit per fold and seed, validated on the held-out fold"
-    elif schedule is None and record == "epoch" and len(seeds) > 1:
-        stacked, reason, warmed = choose_stacked(cfg, data, seeds)
-    elif len(seeds) == 1:
+def _train_configuration(cfgs, views, seeds, record, folds):
+    """Every fold x seed of one configuration (``cfgs[f]``, ``views[f]``: fold ``f``'s settings and data; one of
+    each without --folds): ``([[(model, history, seconds)] per seed] per fold, stacked)``. Each model is validated
+    on its view's validation part after every epoch. Without a learning-rate schedule or per-batch records, and
+    where :func:`choose_stacked` measures it faster, all folds x seeds train together as one
+    :class:`gpunet.MLPStack` (each model on its own fold's rows, with its own fold's standardisation; each equals
+    its own ``MLP.fit`` to float64 rounding), else one ``MLP.fit`` after the other. Folds whose training parts
+    differ in size (K not dividing the rows) or in width form one stack each, since a stack's models share their
+    batch boundaries. The choice, its measurement and the number of stacks are printed."""
+    what = f"{len(views)} fold(s) x {len(seeds)} seed(s)" if folds else f"{len(seeds)} seed(s)"
+    stacked, warmed = False, False  # warmed: choose_stacked's measurement already compiled the fused CPU steps
+    if make_schedule(cfgs[0]) is not None or record != "epoch":
+        reason = "a learning-rate schedule or --record batch needs separate fits"
+    elif len(views) * len(seeds) == 1:
         reason = "one seed"
-    if not fold:
-        print(f"  {len(seeds)} seed(s) trained {'together as one MLPStack' if stacked else 'one after the other'} "
-              f"({reason})")
-    if stacked:
-        stack = _new_stack(cfg, data, seeds)
-        loss = stack.resolve_loss(cfg["loss"])
+    else:
+        stacked, reason, warmed = choose_stacked(cfgs[0], views[0], [s for _ in views for s in seeds])
+    if not stacked:
+        print(f"  {what} trained one after the other ({reason})")
+        return _train_one_by_one(cfgs, views, seeds, record, warmed), False
+    groups = {}
+    for f, (cfg, view) in enumerate(zip(cfgs, views)):
+        groups.setdefault((tuple(cfg["layers"]), len(view.train[0])), []).append(f)
+    groups = list(groups.values())
+    sizes = " and ".join(str(len(views[g[0]].train[0])) for g in groups)
+    how = "one MLPStack" if len(groups) == 1 else f"{len(groups)} MLPStacks (one per training-part size: {sizes} rows)"
+    print(f"  {what} trained together as {how} ({reason})")
+    out = [None] * len(views)
+    for fs in groups:
+        cfg, first = cfgs[fs[0]], views[fs[0]]
+        model_seeds = [s for _ in fs for s in seeds]
         if not warmed:  # a forced or CUDA choice measured nothing: compile the stacked step outside the timing
-            _warm_up(_new_stack(cfg, data, seeds), cfg, data)
+            _warm_up(_new_stack(cfg, first, model_seeds), cfg, first)
+            warmed = True
+        stack = _new_stack(cfg, first, model_seeds)
+        loss = stack.resolve_loss(cfg["loss"])
+        X, Y, val = [], [], []
+        for i, f in enumerate(fs):  # the seeds of a fold share its arrays (one upload) and its standardisation
+            view = views[f]
+            attach_data(stack, view, models=range(i * len(seeds), (i + 1) * len(seeds)))
+            labels = view.classes is not None
+            y = targets(stack, loss, view.train[1], labels)
+            v = None if view.val is None else (view.val[0], targets(stack, loss, view.val[1], labels))
+            X += [view.train[0]] * len(seeds)
+            Y += [y] * len(seeds)
+            val += [v] * len(seeds)
         t0 = time.perf_counter()
-        hists = stack.fit(data.train[0], targets(stack, loss, data.train[1], data.classes is not None),
-                          epochs=cfg["epochs"], batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss)
-        seconds = (time.perf_counter() - t0) / len(seeds)
-        return [(m, h, seconds) for m, h in zip(stack.models(), hists)], True
-    if fold == 0 or (fold is None and not warmed):
-        # so the first seed's time is like the others' (choose_stacked's measurement warmed up, where it ran; a
-        # forced $GPUNET_STACK=0 measures nothing)
-        _warm_up(make_model({**cfg, "seed": seeds[0]}, data), cfg, data)
-    runs = []
-    for seed in seeds:
-        model = make_model({**cfg, "seed": seed}, data)
-        loss = model.resolve_loss(cfg["loss"])
-        t0 = time.perf_counter()
-        val = None if data.val is None else (data.val[0], targets(model, loss, data.val[1], data.classes is not None))
-        hist = model.fit(data.train[0], targets(model, loss, data.train[1], data.classes is not None), epochs=cfg["epochs"],
-                         batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss, verbose=0,
-                         callbacks=[schedule] if schedule else None, record=record, validation_data=val)
-        runs.append((model, hist, time.perf_counter() - t0))
-        schedule = make_schedule(cfg)  # a fresh schedule per run
-    return runs, False
+        hists = stack.fit(X if len(fs) > 1 else X[0], Y if len(fs) > 1 else Y[0], epochs=cfg["epochs"],
+                          batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss,
+                          validation_data=(val if len(fs) > 1 else val[0]) if val[0] is not None else None)
+        seconds = (time.perf_counter() - t0) / len(model_seeds)
+        models = stack.models()
+        for i, f in enumerate(fs):
+            out[f] = [(models[k], hists[k], seconds) for k in range(i * len(seeds), (i + 1) * len(seeds))]
+    return out, True
+
+
+def _train_one_by_one(cfgs, views, seeds, record, warmed):
+    """Every fold x seed as its own ``MLP.fit``, validated on its view's validation part after every epoch."""
+    if not warmed:  # so the first run's time is like the others' (it would include compiling the fused step)
+        _warm_up(make_model({**cfgs[0], "seed": seeds[0]}, views[0]), cfgs[0], views[0])
+    out = []
+    for cfg, view in zip(cfgs, views):
+        runs = []
+        for seed in seeds:
+            schedule = make_schedule(cfg)  # a fresh schedule per run
+            model = make_model({**cfg, "seed": seed}, view)
+            loss = model.resolve_loss(cfg["loss"])
+            labels = view.classes is not None
+            t0 = time.perf_counter()
+            val = None if view.val is None else (view.val[0], targets(model, loss, view.val[1], labels))
+            hist = model.fit(view.train[0], targets(model, loss, view.train[1], labels), epochs=cfg["epochs"],
+                             batch_size=cfg["batch_size"], optimizer=make_optimizer(cfg), loss=loss, verbose=0,
+                             callbacks=[schedule] if schedule else None, record=record, validation_data=val)
+            runs.append((model, hist, time.perf_counter() - t0))
+        out.append(runs)
+    return out
 
 def _layers(cfg, view):
     """``--vary hidden=64:64``: the hidden widths between the data's input and output widths."""
@@ -263,13 +294,11 @@ def cmd_compare(args):
     for combo in combos:
         name = ", ".join(f"{k}={':'.join(map(str, v)) if k == 'hidden' else v}" for k, v in combo)
         runs = []
-        stacked_any = False
-        for f, view in enumerate(views):
-            cfg = _config(base, combo, view)
-            seeds = [base["seed"] + s for s in range(args.seeds)]
-            trained, stacked = _train_seeds(cfg, view, seeds, args.record, f if folds else None)
-            stacked_any |= stacked
-            for (model, hist, seconds), seed in zip(trained, seeds):
+        cfgs = [_config(base, combo, view) for view in views]
+        seeds = [base["seed"] + s for s in range(args.seeds)]
+        trained, stacked_any = _train_configuration(cfgs, views, seeds, args.record, folds)
+        for f, (view, cfg, fold_runs) in enumerate(zip(views, cfgs, trained)):
+            for (model, hist, seconds), seed in zip(fold_runs, seeds):
                 test = _scores(model, cfg, view.test, regression)
                 val = _scores(model, cfg, view.val, regression)
                 run = {**test, **{f"val_{k}": v for k, v in val.items()}, "fold": f, "seed": seed, "seconds": seconds,

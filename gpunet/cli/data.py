@@ -179,12 +179,13 @@ def make_model(cfg, data=None):
                    dropout=cfg["dropout"])
     return attach_data(model, data)
 
-def attach_data(model, data):
-    """The training data's input statistics and class labels, stored in the model (or every model of a stack)."""
+def attach_data(model, data, models=None):
+    """The training data's input statistics and class labels, stored in the model (or every model of a stack, or
+    the stack's models at the indices ``models``: a fold's seeds)."""
     if data is not None:
         classes = data.classes if data.classes is not None and not getattr(data, "builtin_classes", False) else None
         if hasattr(model, "set_preprocessing"):
-            model.set_preprocessing(data.mean, data.scale, classes)
+            model.set_preprocessing(data.mean, data.scale, classes, models=models)
         else:
             model.input_mean, model.input_scale = data.mean, data.scale
             if classes is not None:

@@ -160,15 +160,33 @@ def test_no_selection_ever_touches_the_test_split(tmp_path, capsys, monkeypatch)
                 seen.append((what, set(np.round(ids).astype(int).tolist())))
         return fit(self, X, y, *args, **kwargs)
 
+    stack_fit = gn.MLPStack.fit
+
+    def stack_spy(self, X, y, *args, **kwargs):  # compare trains folds x seeds as stacks: each model's own data
+        val = kwargs.get("validation_data")
+        for part, what in ((X, "train"), (val, "validation")):
+            if part is None:
+                continue
+            parts = part if isinstance(part, list) else [part]
+            for p in parts:
+                p = p[0] if what == "validation" else p
+                seen.append((what, set(np.round(np.asarray(p)[:, 0]).astype(int).tolist())))
+        return stack_fit(self, X, y, *args, **kwargs)
+
     monkeypatch.setattr(gn.MLP, "fit", spy)
+    monkeypatch.setattr(gn.MLPStack, "fit", stack_spy)
     assert run(capsys, "train", "--data", path, "--epochs", "5", "--patience", "2", *FAST, "--out",
                tmp_path / "t")[0] == 0
     assert any(what == "validation" for what, _ in seen)
-    for extra in ([], ["--folds", "3"]):
-        code, out, _ = run(capsys, "compare", "--data", path, "--epochs", "2", "--seeds", "1", "--device", "cpu",
-                           "--vary", "lr=0.001,0.01", "--out", tmp_path / f"c{len(extra)}", *extra)
+    for extra, stack in (([], "0"), (["--folds", "3"], "0"), (["--folds", "3"], "1"), (["--seeds", "2"], "1")):
+        monkeypatch.setenv("GPUNET_STACK", stack)  # both ways of training: one MLP.fit each, and the stacks
+        code, out, _ = run(capsys, "compare", "--data", path, "--epochs", "2", "--device", "cpu",
+                           "--vary", "lr=0.001,0.01", "--out", tmp_path / f"c{len(extra)}{stack}", *extra)
         assert code == 0 and "chosen on validation" in out
-    assert len(seen) >= 1 + 2 + 2 * 3  # train (with warm-ups), compare 2 configurations x 1 and x 3 folds
+        assert ("trained together as" in out) == (stack == "1"), out
+    assert len(seen) >= 1 + 2 + 2 * 3 + 2 * 3 + 2  # train (with warm-ups), compare 2 configurations x 1 and x 3
+    # folds one by one, 3 folds stacked and 2 seeds stacked
+    assert sum(what == "validation" for what, _ in seen) >= 2 + 2 * 3 + 2 * 3 + 2
     leaked = {what: ids & set(test_rows.tolist()) for what, ids in seen if ids & set(test_rows.tolist())}
     assert not leaked, leaked
 
@@ -355,6 +373,36 @@ def test_compare_folds_hidden_widths_r2_histories_and_grid_checks(tmp_path, caps
     assert "--vary batch_size=0" in error_line(capsys, "compare", "--data", tmp_path / "lin.csv", "--vary",
                                                "batch_size=8,0", "--out", tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_compare_folds_x_seeds_trained_as_stacks_equal_one_fit_each(tmp_path, capsys, monkeypatch):
+    """The ★ of compare --folds: all folds x seeds of a configuration train together as MLPStacks, each model on its
+    own fold's rows with its own fold's preprocessing, validated on its own fold every epoch. 4 folds of 275 rows
+    have training parts of 206 and 207 rows: two stacks (a stack's models share their batch boundaries), said so.
+    Every run's validation and test scores and its whole history equal the one-MLP.fit-each run."""
+    data = penguins_like.write(tmp_path / "penguins.csv")
+    reports = {}
+    for stack in ("1", "0"):
+        monkeypatch.setenv("GPUNET_STACK", stack)
+        code, out, _ = run(capsys, "compare", "--data", data, "--target", "species", "--epochs", "4", "--seeds", "2",
+                           "--folds", "4", "--dtype", "float64", "--device", "cpu", "--vary", "lr=0.003,0.02",
+                           "--out", tmp_path / stack)
+        assert code == 0, out
+        reports[stack] = json.loads((tmp_path / stack / "compare.json").read_text())["results"]
+        if stack == "1":
+            assert out.count("4 fold(s) x 2 seed(s) trained together as 2 MLPStacks (one per training-part size: "
+                             "206 and 207 rows)") == 2, out
+        else:
+            assert out.count("4 fold(s) x 2 seed(s) trained one after the other") == 2, out
+    for a, b in zip(reports["1"], reports["0"]):
+        assert a["stacked"] and not b["stacked"] and len(a["runs"]) == len(b["runs"]) == 8
+        for ra, rb in zip(a["runs"], b["runs"]):
+            assert (ra["fold"], ra["seed"]) == (rb["fold"], rb["seed"])
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                assert ra[key] == pytest.approx(rb[key], rel=1e-10, abs=1e-12), key
+            assert list(ra["history"]) == ["loss", "accuracy", "val_loss", "val_accuracy", "lr"]
+            for key, values in rb["history"].items():
+                np.testing.assert_allclose(ra["history"][key], values, rtol=1e-10, atol=1e-12)
 
 
 def test_a_column_that_changes_kind_after_the_first_block_is_read_again(tmp_path, capsys):

@@ -138,6 +138,101 @@ def test_compare_chooses_stacked_or_sequential_by_a_measurement_and_says_so(tmp_
         assert row["stacked"] == (how == "together as one MLPStack") == (float(stacked_ms) < float(sequential_ms))
 
 
+
+# ---------------------------------------------------------------- each model on its own data (k-fold)
+def _folds_data():
+    rng = np.random.default_rng(11)
+    Xs = [rng.normal(loc=k, size=(70, 3)) for k in range(3)]  # three "folds": their own rows and scales
+    ys = [(x[:, 0] > k).astype(int) + (x[:, 1] > k + 0.5) for k, x in enumerate(Xs)]
+    vs = [(x[:20] + 0.1, y[:20]) for x, y in zip(Xs, ys)]
+    return Xs, ys, vs
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "batched"])
+@pytest.mark.parametrize("make_opt", [lambda: gn.Adam(lr=0.01), lambda: gn.SGD(lr=0.05, momentum=0.9)])
+def test_each_model_on_its_own_data_and_standardisation_equals_training_alone(fused, make_opt, monkeypatch):
+    """k-fold cross-validation as one stack: model k trains on its own fold's rows with its own fold's
+    standardisation and is validated on its own fold after every epoch; the weights, optimizer state and every
+    history entry (val_loss, val_accuracy included) are those of ``MLP(seed=s).fit(X_f, y_f, validation_data=...)``,
+    and ``predict`` standardises for each model as that model alone does."""
+    if fused:
+        _fused_stack_or_skip()
+    else:
+        monkeypatch.setenv("GPUNET_FUSED", "0")
+    Xs, ys, vs = _folds_data()
+    fold, seeds = [0, 0, 1, 1, 2, 2], [5, 6, 5, 6, 5, 6]
+    stack = gn.MLPStack([3, 8, 3], "tanh", "softmax", seeds=seeds, dtype="float64")
+    for f in range(3):
+        stack.set_preprocessing(Xs[f].mean(0), Xs[f].std(0), None, models=[k for k in range(6) if fold[k] == f])
+    hists = stack.fit([Xs[f] for f in fold], [ys[f] for f in fold], epochs=3, batch_size=16, optimizer=make_opt(),
+                      validation_data=[vs[f] for f in fold])
+    st = stack.fast_paths["fused_stack_step"]
+    assert st["live"] == fused and st["epochs"] == (3 if fused else 0)
+    P = stack.predict(vs[2][0])
+    for k, (f, seed) in enumerate(zip(fold, seeds)):
+        alone = gn.MLP([3, 8, 3], "tanh", "softmax", seed=seed, dtype="float64")
+        alone.input_mean, alone.input_scale = Xs[f].mean(0), Xs[f].std(0)
+        h = alone.fit(Xs[f], ys[f], epochs=3, batch_size=16, optimizer=make_opt(), validation_data=vs[f], verbose=0)
+        model = stack.models()[k]
+        assert _max_diff(alone, model) < 1e-12
+        np.testing.assert_array_equal(model.input_mean, alone.input_mean)
+        assert list(hists[k].history) == list(h.history) == ["loss", "accuracy", "val_loss", "val_accuracy", "lr"]
+        for key in h.history:
+            np.testing.assert_allclose(hists[k].history[key], h.history[key], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(P[k], alone.predict(vs[2][0]), rtol=1e-12, atol=1e-15)
+
+
+def test_shared_validation_data_is_logged_for_every_model():
+    X, y = _data(np.random.default_rng(3))
+    stack = gn.MLPStack([2, 6, 1], "tanh", seeds=[0, 1], dtype="float64")
+    hists = stack.fit(X, y, epochs=2, batch_size=32, validation_data=(X[:50], y[:50]))
+    for k, seed in enumerate([0, 1]):
+        alone = gn.MLP([2, 6, 1], "tanh", seed=seed, dtype="float64")
+        h = alone.fit(X, y, epochs=2, batch_size=32, validation_data=(X[:50], y[:50]), verbose=0)
+        np.testing.assert_allclose(hists[k].history["val_loss"], h.history["val_loss"], rtol=1e-12)
+
+
+
+def test_per_model_data_on_the_strict_namespace_matches_numpy():
+    """The per-model blocks (concatenated on the device, offset batch indices, per-standardisation predict) are
+    written against the Array API: array_api_strict gives NumPy's numbers."""
+    rng = np.random.default_rng(0)
+    Xs = [rng.normal(size=(40, 2)) for _ in range(2)]
+    ys = [x[:, :1] * 2 for x in Xs]
+    out = []
+    for device in (strict_backend(), "cpu"):
+        stack = gn.MLPStack([2, 5, 1], "tanh", seeds=[0, 1], dtype="float64", device=device)
+        stack.set_preprocessing(Xs[1].mean(0), Xs[1].std(0), None, models=[1])
+        h = stack.fit(Xs, ys, epochs=2, batch_size=8, validation_data=[(Xs[0], ys[0]), (Xs[1], ys[1])])
+        out.append((stack.models(), h, stack.predict(Xs[0])))
+    (strict, hs, ps), (ref, hr, pr) = out
+    for a, b in zip(strict, ref):
+        assert _max_diff(a, b) < 1e-12
+    for a, b in zip(hs, hr):
+        np.testing.assert_allclose(a.history["val_loss"], b.history["val_loss"], rtol=1e-12)
+    np.testing.assert_allclose(ps, pr, rtol=1e-12, atol=1e-15)
+
+@pytest.mark.parametrize("args, match", [
+    (lambda Xs, ys, vs: ([Xs[0], Xs[1][:60], Xs[2]], [ys[0], ys[1][:60], ys[2]], None), r"\[60, 70\] rows.*same number of training rows"),
+    (lambda Xs, ys, vs: (Xs[:2], ys[:2], None), "list of 2 arrays for a stack of 3 models"),
+    (lambda Xs, ys, vs: (Xs, ys[0], None), "y must be a list of 3 target arrays"),
+    (lambda Xs, ys, vs: (Xs, [ys[0], None, ys[2]], None), "no targets for model 1"),
+    (lambda Xs, ys, vs: (Xs, ys, vs[:2]), "validation_data has 2 pairs for a stack of 3 models"),
+    (lambda Xs, ys, vs: (Xs, ys, [vs[0], vs[1], (vs[2][0][:, :2], vs[2][1])]), "validation_data X\\[2\\]"),
+    (lambda Xs, ys, vs: ([Xs[0], Xs[1], Xs[2][:, :2]], ys, None), "X\\[2\\]"),
+])
+def test_bad_per_model_data_is_refused_before_anything_changes(args, match):
+    Xs, ys, vs = _folds_data()
+    stack = gn.MLPStack([3, 8, 3], "tanh", "softmax", seeds=[0, 1, 2], dtype="float64")
+    before = stack.params.copy()
+    X, y, val = args(Xs, ys, vs)
+    with pytest.raises(ValueError, match=match):
+        stack.fit(X, y, epochs=1, validation_data=val)
+    np.testing.assert_array_equal(stack.params, before)
+    assert stack.epochs_trained == 0 and stack.optimizer is None
+    with pytest.raises(ValueError, match="indices below 3"):
+        stack.set_preprocessing(None, None, None, models=[3])
+
 # ---------------------------------------------------------------- the fused stacked CPU step
 def numba_threads():
     import numba
