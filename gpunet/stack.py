@@ -153,23 +153,23 @@ class MLPStack:
     def _step(self, x, y, loss, masks):
         """Forward + backward of batches ``x`` (K, r, n_0), ``y`` (K, r, n_L) into ``self.grads``;
         returns (per-model loss (K,), output activations)."""
-        xp, K = self.xp, len(self)
+        xp, K, mm = self.xp, len(self), self.ops.batched_matmul  # (on CUDA: strided-batched cuBLAS on the views)
         layers = self._layer_params()
         inputs, acts = [x], []
         for l, (W, b, _, _) in enumerate(layers[:-1]):
-            a = activations.ACTIVATIONS[self.hidden_activation](xp.matmul(inputs[-1], W) + b)
+            a = activations.ACTIVATIONS[self.hidden_activation](mm(inputs[-1], W) + b)
             acts.append(a)
             inputs.append(a * masks[l] if masks else a)
         W, b = layers[-1][:2]
-        z = xp.matmul(inputs[-1], W) + b
+        z = mm(inputs[-1], W) + b
         a_out = activations.ACTIVATIONS[self.output_activation](z)
         value, delta = losses.value(loss, z, a_out, y), losses.delta(loss, self.output_activation, z, a_out, y)
         for l in range(len(layers) - 1, -1, -1):
             _, _, dW, db = layers[l]
-            dW[...] = xp.matmul(_transpose(xp, inputs[l]), delta)
+            mm(inputs[l], delta, dW, ta=True)
             db[...] = xp.sum(delta, axis=1, keepdims=True)
             if l:
-                prev = xp.matmul(delta, _transpose(xp, layers[l][0]))
+                prev = mm(delta, layers[l][0], tb=True)
                 if masks:
                     prev = prev * masks[l - 1]
                 delta = activations.backward(self.hidden_activation, acts[l - 1], prev)
@@ -461,9 +461,10 @@ class MLPStack:
                 weights = [(W, b) if chosen is None else (xp.take(W, chosen, axis=0), xp.take(b, chosen, axis=0))
                            for W, b, _, _ in layers]  # the models of this standardisation
                 for W, b in weights[:-1]:
-                    a = activations.ACTIVATIONS[self.hidden_activation](xp.matmul(a, W) + b)
+                    a = activations.ACTIVATIONS[self.hidden_activation](self.ops.batched_matmul(a, W) + b)
                 W, b = weights[-1]
-                a = self.backend.to_host(activations.ACTIVATIONS[self.output_activation](xp.matmul(a, W) + b))
+                a = self.backend.to_host(activations.ACTIVATIONS[self.output_activation](
+                    self.ops.batched_matmul(a, W) + b))
                 if len(groups) == 1:
                     return a
                 if out is None:
@@ -474,11 +475,6 @@ class MLPStack:
     def __repr__(self):
         return (f"MLPStack({list(self.layer_sizes)}, K={len(self)}, hidden_activation={self.hidden_activation!r}, "
                 f"output_activation={self.output_activation!r}, device={self.device!r}, dtype={self.dtype!r})")
-
-
-def _transpose(xp, a):
-    """Swap the last two axes of a 3-D stack (``permute_dims`` in the Array API, ``swapaxes`` in CuPy)."""
-    return xp.swapaxes(a, 1, 2) if hasattr(xp, "swapaxes") else xp.permute_dims(a, (0, 2, 1))
 
 
 def _is_2d(x):

@@ -8,6 +8,7 @@ import numpy as np
 import gpunet as gn
 from gpunet import backend
 from gpunet.ops import get_ops
+from gpunet.ops.cuda import CHECKED_AT
 
 
 def cmd_info(args):
@@ -51,7 +52,7 @@ def fast_path_lines(be):
     else:
         lines = ["    fast paths:"]
     for path, st in get_ops(be).status().items():
-        state = {True: "on", False: "OFF", None: "checked at the first fit(cuda_graph=True)"}[st["live"]]
+        state = {True: "on", False: "OFF", None: f"checked at {CHECKED_AT.get(path, 'first use')}"}[st["live"]]
         lines.append(f"      {path:<20} {state}" + (f" ({st['reason']})" if st.get("reason") else ""))
     return "\n".join(lines)
 

@@ -40,6 +40,18 @@ class ArrayOps:
         out[...] = a @ b.T
         return out
 
+    def batched_matmul(self, a, b, out=None, ta=False, tb=False):
+        """``op(a[k]) @ op(b[k])`` for every k of 3-D stacks (``op`` transposes the last two axes when ``ta``/``tb``;
+        a batch dimension of 1 broadcasts), into ``out`` when given: :class:`gpunet.MLPStack`'s GEMMs."""
+        xp = self.xp
+        swap = (lambda x: xp.swapaxes(x, 1, 2)) if hasattr(xp, "swapaxes") else (  # noqa: E731
+            lambda x: xp.permute_dims(x, (0, 2, 1)))
+        r = xp.matmul(swap(a) if ta else a, swap(b) if tb else b)
+        if out is None:
+            return r
+        out[...] = r
+        return out
+
     def take_rows(self, X, idx, out):
         """Gather rows ``X[idx]`` into ``out`` (the mini-batch, on device)."""
         out[...] = self.xp.take(X, idx, axis=0)

@@ -295,6 +295,7 @@ class FakeCublasLib:
         self.stream = None
         self.workspace = None
         self.gemms = []  # (stream pointer, capturing) per call
+        self.batched = []  # (stream pointer, batch count, transa, transb) per strided-batched call
 
     def cublasCreate_v2(self, handle_ref):
         self.handles += 1
@@ -335,6 +336,27 @@ class FakeCublasLib:
         opb = b if transb == cublas.OP_N else b.T
         c[...] = alpha._obj.value * (opa @ opb) + (beta._obj.value * c if beta._obj.value else 0.0)
         return 0
+
+    def _strided_batched(self, ctype, handle, transa, transb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc,
+                         sC, count):
+        """cublas{S,D}gemmStridedBatched: matrix i of each operand starts ``i * stride`` elements after the first
+        (stride 0 reuses one matrix); each is a column-major GEMM as above."""
+        for name, v in (("strideA", sA), ("strideB", sB), ("strideC", sC), ("batchCount", count)):
+            assert isinstance(v, int) and v >= 0, (name, v)  # long long / int arguments, not pointers
+        self.batched.append((self.stream, count, transa, transb))
+        item = ctypes.sizeof(ctype)
+        at = lambda ptr, s, i: ctypes.c_void_p(ptr.value + i * s * item)  # noqa: E731
+        for i in range(count):
+            self._gemm(ctype, handle, transa, transb, m, n, k, alpha, at(A, sA, i), lda, at(B, sB, i), ldb, beta,
+                       at(C, sC, i), ldc)
+        del self.gemms[-count:]  # counted once, as one call, in self.batched
+        return 0
+
+    def cublasSgemmStridedBatched(self, *args):
+        return self._strided_batched(ctypes.c_float, *args)
+
+    def cublasDgemmStridedBatched(self, *args):
+        return self._strided_batched(ctypes.c_double, *args)
 
     def cublasSgemm_v2(self, *args):
         return self._gemm(ctypes.c_float, *args)

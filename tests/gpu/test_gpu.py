@@ -151,6 +151,7 @@ def test_every_fast_path_passes_its_self_check(cuda):
     from gpunet.ops.cuda import cupy_ops as kernels
 
     assert cuda_graph.check_graphs(get_ops(cuda), gn.MLP) is None
+    assert get_ops(cuda).batched_gemm() is not None  # the stacks' strided-batched GEMM (checked at first use)
     status = kernels.fast_path_status()[cuda.name]
     assert {path for path, st in status.items() if st["live"] is not True} == set(), status
 
@@ -180,3 +181,26 @@ def test_cublas_c_api_gemms_equal_cupy(cuda, rng):
             out = cp.empty(ref.shape, dtype=dtype)
             np.testing.assert_allclose(cuda.to_host(gemm(x, y, out, ta, tb)), cuda.to_host(ref), rtol=tol["rtol"] * 10,
                                        atol=tol["atol"] * 100)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_stack_on_cuda_uses_strided_batched_gemms_and_equals_the_cpu(cuda, dtype, rng):
+    """MLPStack's GEMMs on the GPU are cuBLAS strided-batched calls on the views of its flat buffer (no operand
+    copies); its models equal the CPU stack's, and the path reports itself live."""
+    X, y = rng.standard_normal((200, 9)), rng.integers(0, 4, 200)
+    Xv, yv = X[:50] + 0.1, y[:50]
+    out = {}
+    for device in ("cpu", "cuda"):
+        stack = gn.MLPStack([9, 32, 16, 4], "tanh", "softmax", seeds=range(5), device=device, dtype=dtype)
+        hists = stack.fit(X, y, epochs=3, batch_size=16, optimizer=gn.Adam(lr=1e-2), validation_data=(Xv, yv))
+        out[device] = (stack.models(), hists, stack.predict(X), stack)
+    assert out["cuda"][3].fast_paths["batched_gemm"]["live"] is True
+    gemm = get_ops(cuda).batched_gemm()
+    assert gemm is not None and gemm.calls > 0
+    tol = dict(rtol=2e-3, atol=2e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    for a, b in zip(out["cpu"][0], out["cuda"][0]):
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_allclose(wb, wa, **tol)
+    for ha, hb in zip(out["cpu"][1], out["cuda"][1]):
+        np.testing.assert_allclose(hb.history["val_loss"], ha.history["val_loss"], **tol)
+    np.testing.assert_allclose(out["cuda"][2], out["cpu"][2], **tol)

@@ -325,7 +325,7 @@ def test_a_kernel_module_that_fails_to_compile_switches_every_kernel_off(fake_cu
     be = _fresh_backend(monkeypatch, Broken())
     with caplog.at_level(logging.WARNING, logger="gpunet"):
         status = get_ops(be).status()
-    kernel_paths = [p for p in selfcheck.FAST_PATHS if p not in selfcheck.GRAPH_PATHS]
+    kernel_paths = [p for p in selfcheck.FAST_PATHS if p not in selfcheck.LAZY_PATHS]  # (not kernels: checked later)
     for path in kernel_paths:
         assert status[path]["live"] is False and "nvrtc" in status[path]["reason"], path
     assert caplog.text.count("failed the self-check") == 1
@@ -688,7 +688,8 @@ class _Recorder:
             raise OSError(f"{name}: cannot open shared object file")
         return types.SimpleNamespace(**{fn: types.SimpleNamespace() for fn in (
             "cublasCreate_v2", "cublasDestroy_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2",
-            "cublasSetMathMode", "cublasSgemm_v2", "cublasDgemm_v2")})
+            "cublasSetMathMode", "cublasSgemm_v2", "cublasDgemm_v2", "cublasSgemmStridedBatched",
+            "cublasDgemmStridedBatched")})
 
 
 def _fake_pathfinder(monkeypatch, abs_path=None, error=None):
@@ -832,3 +833,84 @@ def test_sparse_rows_on_the_cuda_backend_are_checked_at_first_use(fake_cuda, rng
         assert "gathering sparse rows on cuda:0 is off" in messages and "differs from SciPy" in messages
     else:
         assert "sparse X stays on the host" in messages
+
+
+# ---------------------------------------------------------------- MLPStack's GEMMs: strided-batched, in place
+def _stack_pair(device, rng, **kw):
+    X, y = rng.standard_normal((40, 7)), rng.integers(0, 3, 40)
+    stack = gn.MLPStack([7, 6, 5, 3], "tanh", "softmax", seeds=[0, 1, 2], device=device, dtype="float64", **kw)
+    hists = stack.fit(X, y, epochs=2, batch_size=8, optimizer=gn.Adam(lr=1e-2))
+    return stack, hists, stack.predict(X)
+
+
+def test_the_stacks_gemms_are_strided_batched_cublas_calls_on_its_views(fake_cuda, rng):
+    """On CUDA every GEMM of MLPStack (forward, weight gradient, delta, predict) is one cublas{S,D}gemmStridedBatched
+    call on the (K, n_in, n_out) column-block views of the flat buffer, transposes as flags and the gradients written
+    in place: CuPy's matmul (which copies every strided operand) never runs. The numbers equal the CPU stack's."""
+    ops = get_ops(fake_cuda)
+    assert ops.status()["batched_gemm"]["live"] is None  # checked at the first stack step, not at start-up
+    from gpunet.cli import info as cli_info
+    assert "batched_gemm         checked at the first MLPStack step" in cli_info.fast_path_lines(fake_cuda)
+    lib = fake_cuda.cublas
+    _stack_pair(fake_cuda, np.random.default_rng(3))  # the first stack step runs the check
+    assert ops.status()["batched_gemm"] == {"live": True, "reason": None}
+    LAUNCHES.n, LAUNCHES.names, lib.batched = 0, [], []
+    stack, hists, pred = _stack_pair(fake_cuda, np.random.default_rng(3))
+    assert "matmul" not in LAUNCHES.names and "swapaxes" not in LAUNCHES.names
+    steps = 2 * 5
+    calls = lib.batched
+    assert {c[1] for c in calls} == {3}  # every call: the 3 models at once
+    per_step = 3 + 3 + 2  # forward, weight gradients (op(a) transposed), deltas (op(b) transposed)
+    assert len(calls) == steps * per_step + 3  # + predict's forward
+    assert sum(c[3] == cublas.OP_T for c in calls) == steps * 3  # cuBLAS's transa is the op of b: the weight grads
+    assert sum(c[2] == cublas.OP_T for c in calls) == steps * 2  # the deltas (op(W) transposed)
+    ref, ref_hists, ref_pred = _stack_pair("cpu", np.random.default_rng(3))
+    for a, b in zip(stack.models(), ref.models()):
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_allclose(wa, wb, rtol=1e-12, atol=1e-14)
+    for a, b in zip(hists, ref_hists):
+        np.testing.assert_allclose(a.history["loss"], b.history["loss"], rtol=1e-12)
+    np.testing.assert_allclose(pred, ref_pred, rtol=1e-12, atol=1e-14)
+
+
+def test_a_batched_gemm_that_fails_its_check_is_switched_off_loudly_and_the_stack_still_trains(
+        fake_cuda, monkeypatch, caplog, rng):
+    """A strided-batched GEMM giving wrong numbers (here: it ignores the batch strides) fails its check at the first
+    stack step: switched off with one warning naming it, the stack then trains through CuPy's matmul, as on the CPU."""
+    real = FakeCublasLib._strided_batched
+
+    def ignores_strides(self, ctype, handle, ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, count):
+        return real(self, ctype, handle, ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, count)
+
+    monkeypatch.setattr(FakeCublasLib, "_strided_batched", ignores_strides)
+    with caplog.at_level(logging.WARNING, logger="gpunet"):
+        stack, hists, pred = _stack_pair(fake_cuda, np.random.default_rng(3))
+    st = get_ops(fake_cuda).status()["batched_gemm"]
+    assert st["live"] is False and "wrong result" in st["reason"]
+    assert caplog.text.count("failed the self-check") == 1 and "batched_gemm" in caplog.text
+    ref, ref_hists, _ = _stack_pair("cpu", np.random.default_rng(3))
+    for a, b in zip(stack.models(), ref.models()):
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_allclose(wa, wb, rtol=1e-12, atol=1e-14)
+    from gpunet.cli import info as cli_info
+    assert "batched_gemm         OFF (RuntimeError: wrong result" in cli_info.fast_path_lines(fake_cuda)
+
+
+def test_the_batched_gemm_checks_its_operands_and_broadcasts_a_batch_of_one():
+    lib = FakeCublasLib()
+    gemm = cublas.Gemm(np, lib=lib, pointer=host_pointer)
+    gemm.bind(0)
+    rng = np.random.default_rng(0)
+    flat = rng.standard_normal((3, 40))
+    W = flat[:, 4:24].reshape(3, 4, 5)  # column blocks: batch stride 40, each matrix contiguous
+    x = rng.standard_normal((1, 6, 4))
+    out = np.empty((3, 6, 5))
+    gemm.batched(x, W, out)
+    np.testing.assert_allclose(out, np.matmul(x, W), rtol=1e-13)
+    assert lib.batched[-1][1] == 3
+    with pytest.raises(ValueError, match="C-contiguous matrices"):
+        gemm.batched(np.swapaxes(rng.standard_normal((3, 4, 6)), 1, 2), W, out)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        gemm.batched(x, W, np.empty((3, 6, 4)))
+    with pytest.raises(TypeError, match="dtypes differ"):
+        gemm.batched(x.astype(np.float32), W, out)

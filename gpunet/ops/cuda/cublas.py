@@ -121,8 +121,14 @@ def load_library():
     for fn, scalar in (("cublasSgemm_v2", ctypes.c_float), ("cublasDgemm_v2", ctypes.c_double)):
         getattr(lib, fn).argtypes = [vp, i, i, i, i, i, ctypes.POINTER(scalar), p, i, p, i,
                                      ctypes.POINTER(scalar), p, i]
+    # cublas{S,D}gemmStridedBatched: the batch strides are long long (cupy_backends/cuda/libs/cublas.pyx, v14.2)
+    ll = ctypes.c_longlong
+    for fn, scalar in (("cublasSgemmStridedBatched", ctypes.c_float), ("cublasDgemmStridedBatched", ctypes.c_double)):
+        getattr(lib, fn).argtypes = [vp, i, i, i, i, i, ctypes.POINTER(scalar), p, i, ll, p, i, ll,
+                                     ctypes.POINTER(scalar), p, i, ll, i]
     for fn in ("cublasCreate_v2", "cublasDestroy_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2",
-               "cublasSetMathMode", "cublasSgemm_v2", "cublasDgemm_v2"):
+               "cublasSetMathMode", "cublasSgemm_v2", "cublasDgemm_v2", "cublasSgemmStridedBatched",
+               "cublasDgemmStridedBatched"):
         getattr(lib, fn).restype = ctypes.c_int
     return lib
 
@@ -195,6 +201,43 @@ class Gemm:
                     ctypes.c_void_p(self.ptr(b)), b.shape[1], ctypes.c_void_p(self.ptr(a)), a.shape[1],
                     ctypes.byref(zero), ctypes.c_void_p(self.ptr(out)), N)
         self._check("cublasSgemm_v2" if scalar is ctypes.c_float else "cublasDgemm_v2", status)
+        self.calls += 1
+        return out
+
+    def batched(self, a, b, out, ta=False, tb=False):
+        """``out[k] = op(a[k]) @ op(b[k])`` for 3-D operands whose matrices are each C-contiguous, at any batch
+        stride (the ``(K, n_in, n_out)`` column-block views of a stack's flat ``(K, n_params)`` buffer), through
+        ``cublas{S,D}gemmStridedBatched``: no operand is copied, and a transpose is a cuBLAS flag (CuPy's batched
+        ``matmul`` makes both operands contiguous first, ``cupy/_core/_routines_linalg.pyx`` ``matmul``). A batch
+        dimension of 1 in ``a`` or ``b`` is broadcast (batch stride 0). The same row-major to column-major swap as
+        :meth:`__call__`."""
+        for name, x in (("a", a), ("b", b), ("out", out)):
+            item = np.dtype(x.dtype).itemsize
+            if x.ndim != 3 or x.strides[2] != item or x.strides[1] != x.shape[2] * item or x.strides[0] % item:
+                raise ValueError(f"batched GEMM operand {name} must be 3-D with C-contiguous matrices "
+                                 f"(shape {tuple(x.shape)}, strides {tuple(x.strides)})")
+        if a.dtype != out.dtype or b.dtype != out.dtype:
+            raise TypeError(f"GEMM dtypes differ: {a.dtype}, {b.dtype} -> {out.dtype}")
+        count = out.shape[0]
+        if a.shape[0] not in (1, count) or b.shape[0] not in (1, count):
+            raise ValueError(f"batched GEMM batch sizes differ: {a.shape[0]}, {b.shape[0]} -> {count}")
+        M, K = (a.shape[2], a.shape[1]) if ta else a.shape[1:]
+        K2, N = (b.shape[2], b.shape[1]) if tb else b.shape[1:]
+        if K != K2 or tuple(out.shape[1:]) != (M, N):
+            raise ValueError(f"GEMM shapes do not match: op(a) {(M, K)}, op(b) {(K2, N)}, out {tuple(out.shape[1:])}")
+        item = np.dtype(out.dtype).itemsize
+        stride = lambda x: 0 if x.shape[0] == 1 else x.strides[0] // item  # noqa: E731
+        if np.dtype(out.dtype) == np.float32:
+            fn, scalar, name = self.lib.cublasSgemmStridedBatched, ctypes.c_float, "cublasSgemmStridedBatched"
+        elif np.dtype(out.dtype) == np.float64:
+            fn, scalar, name = self.lib.cublasDgemmStridedBatched, ctypes.c_double, "cublasDgemmStridedBatched"
+        else:
+            raise TypeError(f"no cuBLAS GEMM for {out.dtype}")
+        one, zero = scalar(1.0), scalar(0.0)
+        status = fn(self.handle, OP_T if tb else OP_N, OP_T if ta else OP_N, N, M, K, ctypes.byref(one),
+                    ctypes.c_void_p(self.ptr(b)), b.shape[2], stride(b), ctypes.c_void_p(self.ptr(a)), a.shape[2],
+                    stride(a), ctypes.byref(zero), ctypes.c_void_p(self.ptr(out)), N, stride(out), count)
+        self._check(name, status)
         self.calls += 1
         return out
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpunet import backend as _backend
 from gpunet.ops.codes import ACT_CODES, ELEMENTWISE
 from gpunet.ops.cuda.selfcheck import SelfCheck, dropout_reference
 from gpunet.ops.reference import ArrayOps
@@ -71,6 +72,13 @@ def _module(device_id):
 _MODULES = {}
 
 
+def _matrices_contiguous(x):
+    """Whether every matrix of the 3-D array ``x`` is C-contiguous (any batch stride): what a strided-batched
+    GEMM reads and writes in place."""
+    item = x.dtype.itemsize
+    return x.ndim == 3 and x.strides[2] == item and x.strides[1] == x.shape[2] * item and x.strides[0] % item == 0
+
+
 def _grid(n):
     return (max(1, min((int(n) + BLOCK - 1) // BLOCK, MAX_GRID)),)
 
@@ -97,6 +105,7 @@ class CupyOps(SelfCheck, ArrayOps):
         # per thread: the C-API GEMM of the graph this thread is capturing, if any (predict may run in
         # another thread meanwhile: its GEMMs must not be recorded into this thread's graph)
         self._capturing = threading.local()
+        self._said = set()
         self.adam = self.fused_adam
         self.sgd = self.fused_sgd
         _REGISTRY[backend.name] = self
@@ -143,6 +152,29 @@ class CupyOps(SelfCheck, ArrayOps):
         if self.capture_gemm is not None:
             return self.capture_gemm(a, b, out, False, True)
         return self.xp.matmul(a, b.T, out=out)
+
+    def batched_matmul(self, a, b, out=None, ta=False, tb=False):
+        """:meth:`ArrayOps.batched_matmul` through cuBLAS's strided-batched GEMM (:meth:`cublas.Gemm.batched`),
+        which reads a stack's weight views and writes its gradient views in place, transposes as flags: CuPy's
+        batched ``matmul`` copies each operand that is not contiguous as a whole, every call (the weights are
+        column blocks of the flat (K, n_params) buffer; a transpose is a strided view). The reference runs when
+        the path is off, while this thread captures a graph, or for an operand whose matrices are not each
+        C-contiguous (said once)."""
+        gemm = self.batched_gemm() if self.capture_gemm is None else None
+        if gemm is None:
+            return super().batched_matmul(a, b, out, ta, tb)
+        if not all(_matrices_contiguous(x) for x in (a, b) + (() if out is None else (out,))):
+            if "batched_layout" not in self._said:
+                self._said.add("batched_layout")
+                log.info("gpunet: a batched GEMM operand's matrices are not C-contiguous: CuPy's matmul (copying) "
+                         "runs for it")
+            return super().batched_matmul(a, b, out, ta, tb)
+        if out is None:
+            out = self.xp.empty((max(a.shape[0], b.shape[0]), a.shape[2] if ta else a.shape[1],
+                                 b.shape[1] if tb else b.shape[2]), dtype=a.dtype)
+        gemm.set_tf32(_backend.tf32_effective())  # round as CuPy's own float32 GEMMs do now
+        gemm.bind(self.xp.cuda.get_current_stream().ptr)
+        return gemm.batched(a, b, out, ta, tb)
 
     def take_rows(self, X, idx, out):
         return self.xp.take(X, idx, axis=0, out=out)

@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from gpunet import optim
+from gpunet import backend as _backend, optim
 from gpunet.ops.codes import ELEMENTWISE
 import gpunet.ops.cuda.graphs as graphs
 from gpunet.ops.reference import ArrayOps
@@ -31,9 +31,15 @@ FAST_PATHS = {
     "sgd": "SGD over the flat buffer (gn_sgd)",
     "cublas_gemm": "GEMMs through cuBLAS's C API, for CUDA graph capture (gpunet/cublas.py)",
     "graph_capture": "the training step captured as a CUDA graph and replayed",
+    "batched_gemm": "MLPStack's GEMMs through cuBLAS's strided-batched C API on the views of its flat buffer, "
+                    "transposes as flags (CuPy's batched matmul copies every strided operand)",
 }
 #: checked at the first fit(cuda_graph=True), not when the backend starts
 GRAPH_PATHS = ("cublas_gemm", "graph_capture")
+#: checked at first use, not when the backend starts: path -> when
+CHECKED_AT = {"cublas_gemm": "the first fit(cuda_graph=True)", "graph_capture": "the first fit(cuda_graph=True)",
+              "batched_gemm": "the first MLPStack step"}
+LAZY_PATHS = tuple(CHECKED_AT)
 
 # ---- the dropout generator: kernels.cu gn_uniform / gn_dropout, here in array expressions ----------------
 GOLDEN, MIX1, MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
@@ -75,14 +81,21 @@ class SelfCheck:
     :meth:`check_graphs` at the first graph fit."""
 
     def _init_checks(self):
-        self.live = {name: name not in GRAPH_PATHS for name in FAST_PATHS}
+        self.live = {name: name not in LAZY_PATHS for name in FAST_PATHS}
         self.reasons = {name: None for name in FAST_PATHS}
         self._graphs_checked = False
         self._graph_lock = threading.RLock()  # one graph check; other threads wait for its verdict
+        self._batched_gemm = None  # the checked C-API GEMM of the stacks' batched GEMMs (its own handle)
+        self._batched_checked = False
+
+    def _checked(self, name):
+        if name in GRAPH_PATHS:
+            return self._graphs_checked
+        return self._batched_checked if name == "batched_gemm" else True
 
     def status(self):
-        return {name: {"live": self.live[name] if (name not in GRAPH_PATHS or self._graphs_checked) else None,
-                       "reason": self.reasons[name]} for name in FAST_PATHS}
+        return {name: {"live": self.live[name] if self._checked(name) else None, "reason": self.reasons[name]}
+                for name in FAST_PATHS}
 
     def switch_off(self, name, reason):
         """Turn the fast path ``name`` off for this process, keeping ``reason`` (shown by ``status``)."""
@@ -99,7 +112,7 @@ class SelfCheck:
         switch off (with one warning naming each) the ones that fail to compile, launch or match."""
         failed = {}
         for name in FAST_PATHS:
-            if name in GRAPH_PATHS:
+            if name in LAZY_PATHS:
                 continue
             for dtype in ("float32", "float64"):
                 try:
@@ -286,6 +299,55 @@ class SelfCheck:
             if not self.live[name]:
                 return f"the {name} fast path is off ({self.reasons[name]})"
         return None
+
+    def batched_gemm(self):
+        """The strided-batched C-API GEMM once it has passed its check (run here at the first call, once per
+        process and device, with the graph lock), or None (off: the reference ``xp.matmul`` runs)."""
+        if self._batched_checked:
+            return self._batched_gemm if self.live["batched_gemm"] else None
+        with self._graph_lock:
+            if not self._batched_checked:
+                try:
+                    gemm = self._check_batched_gemm()
+                    self._batched_gemm, self.live["batched_gemm"] = gemm, True
+                except Exception as exc:  # no libcublas, a wrong result, a failed call
+                    self._report({"batched_gemm": describe(exc)})
+                self._batched_checked = True
+        return self._batched_gemm if self.live["batched_gemm"] else None
+
+    def _check_batched_gemm(self):
+        """The strided-batched GEMM on a handle of its own against the reference (``xp.matmul`` on contiguous
+        copies) in both dtypes: plain, each transpose, a broadcast batch of 1, and operands that are column
+        blocks of a flat (K, n_params) buffer (a stack's weights and gradients), written in place."""
+        gemm = graphs.make_gemm(self.backend)
+        rng = np.random.default_rng(11)
+        xp = self.xp
+        ref = ArrayOps(self.backend)
+        stream = xp.cuda.get_current_stream()
+        for dtype in ("float32", "float64"):
+            flat = self._dev(rng.standard_normal((3, 50)), dtype)  # 3 models, a (4, 5) block at column 7
+            W = xp.reshape(flat[:, 7:27], (3, 4, 5))
+            x, d = self._dev(rng.standard_normal((3, 6, 4)), dtype), self._dev(rng.standard_normal((3, 6, 5)), dtype)
+            one = self._dev(rng.standard_normal((1, 6, 4)), dtype)
+            grads = self._dev(np.zeros((3, 50)), dtype)
+            dW = xp.reshape(grads[:, 7:27], (3, 4, 5))
+            cases = ((x, W, None, False, False), (x, d, dW, True, False), (d, W, None, False, True),
+                     (one, W, None, False, False))
+            for a, b, out, ta, tb in cases:
+                count = max(a.shape[0], b.shape[0])
+                shape = (count, a.shape[2] if ta else a.shape[1], b.shape[1] if tb else b.shape[2])
+                target = out if out is not None else xp.empty(shape, dtype=a.dtype)
+                gemm.set_tf32(_backend.tf32_effective())
+                gemm.bind(stream.ptr)
+                gemm.batched(a, b, target, ta, tb)
+                want = ref.batched_matmul(xp.ascontiguousarray(a), xp.ascontiguousarray(b), None, ta, tb)
+                why = self._compare(f"{dtype} batched op(a)@op(b) ta={ta} tb={tb}", target, want, dtype, tf32=gemm.tf32)
+                if why:
+                    raise RuntimeError(f"wrong result: {why}")
+            untouched = self.backend.to_host(grads)
+            if np.any(untouched[:, :7]) or np.any(untouched[:, 27:]):
+                raise RuntimeError("wrong result: the batched GEMM wrote outside its output blocks")
+        return gemm
 
     def _check_cublas_gemm(self):
         """The C-API GEMM on a handle of its own (each graph later gets its own) against ``xp.matmul``."""
