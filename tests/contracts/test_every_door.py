@@ -257,6 +257,8 @@ def test_an_optimizer_whose_model_is_gone_starts_fresh_on_the_next():
     "one seed",
     "GPUNET_STACK=0",
     "GPUNET_STACK=1",
+    "folds GPUNET_STACK=0",
+    "folds GPUNET_STACK=1",
 ])
 def test_no_timed_compare_run_includes_the_first_compilation(capsys, monkeypatch, tmp_path, how):
     """Every fit whose time compare reports (one per seed, on the whole training split) starts after the fused
@@ -275,7 +277,8 @@ def test_no_timed_compare_run_includes_the_first_compilation(capsys, monkeypatch
         real = cls.fit
 
         def fit(self, X, y, *args, **kwargs):  # the stack's fused step compiles at its first call too
-            calls.append((len(X), bool(ops._compiled)))
+            rows = len(X[0]) if isinstance(X, list) else len(X)  # (a list: one training part per model, --folds)
+            calls.append((rows, bool(ops._compiled)))
             return real(self, X, y, *args, **kwargs)
         monkeypatch.setattr(cls, "fit", fit)
     recording(gn.MLP)
@@ -285,8 +288,10 @@ def test_no_timed_compare_run_includes_the_first_compilation(capsys, monkeypatch
             "--seeds", "1" if how == "one seed" else "2", "--vary", "lr=0.01,0.02", "--out", str(tmp_path / "c")]
     if how == "schedule":
         argv += ["--schedule", "cosine"]
-    if how.startswith("GPUNET_STACK="):
+    if "GPUNET_STACK=" in how:
         monkeypatch.setenv("GPUNET_STACK", how[-1])
+    if how.startswith("folds"):
+        argv += ["--folds", "3"]
     code, err = _cli(capsys, *argv)
     assert code == 0, err
     n = max(rows for rows, _ in calls)  # the training split: the per-seed fits; warm-ups take fewer rows
