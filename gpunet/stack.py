@@ -100,9 +100,13 @@ class MLPStack:
         of :class:`gpunet.MLP` (its attributes ``input_mean``, ``input_scale``, ``classes``): applied by ``fit``
         and :meth:`predict`, kept by :meth:`models`. Models trained on their own data (k-fold cross-validation)
         each get the standardisation fitted on their own training rows. Every model must keep the same classes."""
+        if models is not None:
+            if isinstance(models, (str, bytes)) or not hasattr(models, "__iter__"):
+                raise TypeError(f"models must be a sequence of model indices (e.g. models=[0, 1]), got {models!r}")
+            models = list(models)
         chosen = range(len(self)) if models is None else [checks.check_int("models", k, low=0) for k in models]
         if any(k >= len(self) for k in chosen):
-            raise ValueError(f"models must be indices below {len(self)} (the stack's models), got {list(models)}")
+            raise ValueError(f"models must be indices below {len(self)} (the stack's models), got {models}")
         for k in chosen:
             m = self._models[k]
             m.input_mean, m.input_scale, m.classes = input_mean, input_scale, classes
@@ -237,11 +241,17 @@ class MLPStack:
         verbose = checks.check_int("verbose", verbose, low=0)
         m0 = self._models[0]
         loss = m0.resolve_loss(loss)
+        for k, m in enumerate(self._models):
+            if (m.classes is None) != (m0.classes is None) or (m.classes is not None and not (
+                    len(m.classes) == len(m0.classes) and np.array_equal(m.classes, m0.classes))):
+                raise ValueError(f"model {k}'s classes differ from model 0's: the models of a stack share their "
+                                 f"classes (set_preprocessing)")
         Xd, Yd, base = self._upload_training(X, y, loss)
         val = self._upload_validation(validation_data, loss)
         opt = self._stacked_optimizer(optimizer)
         # ---- nothing above changed any state ----
         self.optimizer, self.loss = opt, loss
+        self.histories = [_callbacks.History() for _ in self._models]  # this fit's, as MLP.fit's own History
         be, K = self.backend, len(self)
         n = int(Xd.shape[0]) // len(set(base.tolist()))  # every model's training rows (one block per data set)
         B, sizes = batch_sizes(n, batch_size)
@@ -304,9 +314,14 @@ class MLPStack:
 
     # ------------------------------------------------------------------ data of every model
     def _per_model(self, X, what):
-        """Whether ``X`` is a list of per-model arrays (each 2-D) rather than one array for every model."""
-        if not isinstance(X, (list, tuple)) or not X or not all(_is_2d(x) for x in X):
+        """Whether ``X`` is a list of per-model arrays (2-D each) rather than one array for every model (a list of
+        rows is one array: its items are rows, not 2-D)."""
+        if not isinstance(X, (list, tuple)) or not X or not any(_is_2d(x) for x in X):
             return False
+        for k, x in enumerate(X):
+            if not _is_2d(x):
+                raise ValueError(f"{what} is a list of per-model arrays, but {what}[{k}] is not 2-D (got "
+                                 f"{type(x).__name__} of shape {getattr(x, 'shape', None) or np.shape(x)})")
         if len(X) != len(self):
             raise ValueError(f"{what} is a list of {len(X)} arrays for a stack of {len(self)} models: give one per "
                              f"model, or one array for all of them")
@@ -344,6 +359,11 @@ class MLPStack:
                 raise ValueError(f"X is a list of {K} per-model arrays: y must be a list of {K} target arrays too")
             items = list(zip(X, y))
         else:
+            rows = getattr(X, "shape", (len(X),) if isinstance(X, (list, tuple)) else (None,))[0]
+            if isinstance(y, (list, tuple)) and len(y) == K and K != rows and y and \
+                    all(getattr(v, "ndim", 0) >= 1 for v in y):
+                raise ValueError(f"y is a list of {K} arrays (one per model) but X is one array: give X as a list of "
+                                 f"{K} arrays too, or y as one array for every model")
             items = [(X, y)] * K
         blocks = self._upload_groups(items, loss, "X")
         rows = sorted({int(Xg.shape[0]) for Xg, _, _ in blocks})
@@ -367,14 +387,17 @@ class MLPStack:
         K = len(self)
         if not isinstance(validation_data, (list, tuple)):
             raise ValueError("validation_data must be a pair (X_val, y_val), or a list of one pair per model")
-        per_model = all(isinstance(v, (list, tuple)) and len(v) == 2 and _is_2d(v[0]) for v in validation_data)
-        if per_model and len(validation_data) != K:
-            raise ValueError(f"validation_data has {len(validation_data)} pairs for a stack of {K} models: give one "
-                             f"per model, or one pair for all of them")
-        pairs = list(validation_data) if per_model else [validation_data] * K
-        if any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in pairs):
-            raise ValueError("validation_data must be a pair (X_val, y_val), or a list of one pair per model")
-        return self._upload_groups([tuple(p) for p in pairs], loss, "validation_data X")
+        shared = len(validation_data) == 2 and _is_2d(validation_data[0])  # (X_val, y_val): X_val is 2-D
+        if shared:
+            return self._upload_groups([tuple(validation_data)] * K, loss, "validation_data X")
+        if len(validation_data) != K:
+            raise ValueError(f"validation_data has {len(validation_data)} items for a stack of {K} models: give one "
+                             f"(X_val, y_val) pair per model, or one pair for all of them")
+        for k, v in enumerate(validation_data):
+            if not isinstance(v, (list, tuple)) or len(v) != 2:
+                raise ValueError(f"validation_data[{k}] must be a pair (X_val, y_val) for model {k}, got "
+                                 f"{type(v).__name__}")
+        return self._upload_groups([tuple(v) for v in validation_data], loss, "validation_data X")
 
     def _validate(self, val, loss):
         """Every model's validation metrics, computed as :meth:`gpunet.MLP.evaluate_device` computes them for a

@@ -159,8 +159,10 @@ def _train_configuration(cfgs, views, seeds, record, folds):
     for f, (cfg, view) in enumerate(zip(cfgs, views)):
         groups.setdefault((tuple(cfg["layers"]), len(view.train[0])), []).append(f)
     groups = list(groups.values())
-    sizes = " and ".join(str(len(views[g[0]].train[0])) for g in groups)
-    how = "one MLPStack" if len(groups) == 1 else f"{len(groups)} MLPStacks (one per training-part size: {sizes} rows)"
+    widths = len({cfgs[g[0]]["layers"][0] for g in groups}) > 1
+    shapes = ", ".join(f"{len(g)} fold(s) of {len(views[g[0]].train[0])} rows" + (
+        f" x {cfgs[g[0]]['layers'][0]} inputs" if widths else "") for g in groups)
+    how = "one MLPStack" if len(groups) == 1 else f"{len(groups)} MLPStacks (one per training-part shape: {shapes})"
     print(f"  {what} trained together as {how} ({reason})")
     out = [None] * len(views)
     for fs in groups:
@@ -240,8 +242,10 @@ def _scores(model, cfg, part, regression):
     if regression:  # (the trained loss differs when --vary loss=...)
         out["mse"] = model.evaluate(X, y, loss="mse", penalty=False)["loss"]
         out["r2"] = metrics.r2_score(np.asarray(y, dtype=np.float64), model.predict(X))
-    elif out["accuracy"] is None:
-        out["accuracy"] = model.score(X, y)
+    elif out["accuracy"] is None:  # a regression loss on class labels (--vary loss=mse): the argmax's accuracy
+        labels = np.asarray(y)
+        out["accuracy"] = float(np.mean(model.predict_classes(X) == labels)) if labels.ndim == 1 else \
+            model.score(X, y)
     return out
 
 

@@ -390,8 +390,8 @@ def test_compare_folds_x_seeds_trained_as_stacks_equal_one_fit_each(tmp_path, ca
         assert code == 0, out
         reports[stack] = json.loads((tmp_path / stack / "compare.json").read_text())["results"]
         if stack == "1":
-            assert out.count("4 fold(s) x 2 seed(s) trained together as 2 MLPStacks (one per training-part size: "
-                             "206 and 207 rows)") == 2, out
+            assert out.count("4 fold(s) x 2 seed(s) trained together as 2 MLPStacks (one per training-part shape: "
+                             "3 fold(s) of 206 rows, 1 fold(s) of 207 rows)") == 2, out
         else:
             assert out.count("4 fold(s) x 2 seed(s) trained one after the other") == 2, out
     for a, b in zip(reports["1"], reports["0"]):
@@ -403,6 +403,20 @@ def test_compare_folds_x_seeds_trained_as_stacks_equal_one_fit_each(tmp_path, ca
             assert list(ra["history"]) == ["loss", "accuracy", "val_loss", "val_accuracy", "lr"]
             for key, values in rb["history"].items():
                 np.testing.assert_allclose(ra["history"][key], values, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("folds", [[], ["--folds", "3"]])
+def test_compare_varies_a_classifiers_loss_to_a_regression_loss(tmp_path, capsys, folds):
+    """--vary loss=cross_entropy,mse on class labels: the mse runs train on one-hot rows and report the accuracy of
+    their argmax (it was an internal error in the scoring)."""
+    data = penguins_like.write(tmp_path / "penguins.csv")
+    code, out, err = run(capsys, "compare", "--data", data, "--target", "species", "--epochs", "30", "--seeds", "1",
+                         "--device", "cpu", "--vary", "loss=cross_entropy,mse", "--out", tmp_path / "c", *folds)
+    assert code == 0, err
+    results = json.loads((tmp_path / "c" / "compare.json").read_text())["results"]
+    assert [r["settings"]["loss"] for r in results] == ["cross_entropy", "mse"]
+    for r in results:
+        assert 0.8 < r["val_accuracy_mean"] <= 1.0 and 0.8 < r["accuracy_mean"] <= 1.0, r["name"]
 
 
 def test_a_column_that_changes_kind_after_the_first_block_is_read_again(tmp_path, capsys):

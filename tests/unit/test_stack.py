@@ -217,9 +217,12 @@ def test_per_model_data_on_the_strict_namespace_matches_numpy():
     (lambda Xs, ys, vs: (Xs[:2], ys[:2], None), "list of 2 arrays for a stack of 3 models"),
     (lambda Xs, ys, vs: (Xs, ys[0], None), "y must be a list of 3 target arrays"),
     (lambda Xs, ys, vs: (Xs, [ys[0], None, ys[2]], None), "no targets for model 1"),
-    (lambda Xs, ys, vs: (Xs, ys, vs[:2]), "validation_data has 2 pairs for a stack of 3 models"),
+    (lambda Xs, ys, vs: (Xs, ys, vs[:2]), "validation_data has 2 items for a stack of 3 models"),
     (lambda Xs, ys, vs: (Xs, ys, [vs[0], vs[1], (vs[2][0][:, :2], vs[2][1])]), "validation_data X\\[2\\]"),
     (lambda Xs, ys, vs: ([Xs[0], Xs[1], Xs[2][:, :2]], ys, None), "X\\[2\\]"),
+    (lambda Xs, ys, vs: (Xs, ys, [vs[0], None, vs[2]]), "validation_data\\[1\\] must be a pair"),
+    (lambda Xs, ys, vs: ([Xs[0], Xs[1][:, 0], Xs[2]], ys, None), "X\\[1\\] is not 2-D"),
+    (lambda Xs, ys, vs: (Xs[0], ys, None), "y is a list of 3 arrays .* but X is one array"),
 ])
 def test_bad_per_model_data_is_refused_before_anything_changes(args, match):
     Xs, ys, vs = _folds_data()
@@ -232,6 +235,22 @@ def test_bad_per_model_data_is_refused_before_anything_changes(args, match):
     assert stack.epochs_trained == 0 and stack.optimizer is None
     with pytest.raises(ValueError, match="indices below 3"):
         stack.set_preprocessing(None, None, None, models=[3])
+    with pytest.raises(TypeError, match="sequence of model indices"):
+        stack.set_preprocessing(None, None, None, models=1)
+
+
+def test_models_with_different_classes_are_refused_and_each_fit_starts_a_fresh_history():
+    Xs, ys, _ = _folds_data()
+    stack = gn.MLPStack([3, 8, 3], "tanh", "softmax", seeds=[0, 1, 2], dtype="float64")
+    stack.set_preprocessing(None, None, np.array(["a", "b", "c"]), models=[0, 1])
+    with pytest.raises(ValueError, match="model 2's classes differ"):
+        stack.fit(Xs, [np.array(["a", "b", "c"])[y] for y in ys], epochs=1)
+    assert stack.epochs_trained == 0
+    stack.set_preprocessing(None, None, None)
+    first = stack.fit(Xs, ys, epochs=2, batch_size=16)
+    second = stack.fit(Xs, ys, epochs=1, batch_size=16)  # as MLP.fit: the History of this fit alone
+    assert [len(h.history["loss"]) for h in first + second] == [2, 2, 2, 1, 1, 1]
+    assert len(stack.models()[0].history.history["loss"]) == 1
 
 # ---------------------------------------------------------------- the fused stacked CPU step
 def numba_threads():
