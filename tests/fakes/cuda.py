@@ -343,6 +343,7 @@ class FakeCublasLib:
         (stride 0 reuses one matrix); each is a column-major GEMM as above."""
         for name, v in (("strideA", sA), ("strideB", sB), ("strideC", sC), ("batchCount", count)):
             assert isinstance(v, int) and v >= 0, (name, v)  # long long / int arguments, not pointers
+        assert count == 1 or sC >= ldc * n, "the output matrices of a strided-batched GEMM must not overlap"
         self.batched.append((self.stream, count, transa, transb))
         item = ctypes.sizeof(ctype)
         at = lambda ptr, s, i: ctypes.c_void_p(ptr.value + i * s * item)  # noqa: E731

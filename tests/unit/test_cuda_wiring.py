@@ -11,6 +11,7 @@ fast path are injected to check the self-check's fallback. The kernels' own arit
 ``tests/unit/test_kernels_cu.py`` (nvcc host harness) and on a GPU by ``tests/gpu/test_gpu.py``.
 """
 import logging
+import threading
 import ctypes
 import sys
 import types
@@ -864,6 +865,7 @@ def test_the_stacks_gemms_are_strided_batched_cublas_calls_on_its_views(fake_cud
     assert len(calls) == steps * per_step + 3  # + predict's forward
     assert sum(c[3] == cublas.OP_T for c in calls) == steps * 3  # cuBLAS's transa is the op of b: the weight grads
     assert sum(c[2] == cublas.OP_T for c in calls) == steps * 2  # the deltas (op(W) transposed)
+    assert {c[0] for c in calls} == {fake_cuda.xp.current_stream.ptr}  # on CuPy's current stream
     ref, ref_hists, ref_pred = _stack_pair("cpu", np.random.default_rng(3))
     for a, b in zip(stack.models(), ref.models()):
         for wa, wb in zip(a.get_weights(), b.get_weights()):
@@ -873,14 +875,75 @@ def test_the_stacks_gemms_are_strided_batched_cublas_calls_on_its_views(fake_cud
     np.testing.assert_allclose(pred, ref_pred, rtol=1e-12, atol=1e-14)
 
 
+def test_the_batched_gemm_follows_the_current_stream_with_a_workspace_each_and_a_handle_per_thread(
+        fake_cuda, monkeypatch):
+    """Another current stream: the next calls are issued on it, with a workspace of its own (two streams never share
+    one). Another thread: a cuBLAS handle of its own (cuBLAS advises against sharing one between threads). TF32 on in
+    CuPy: the stacks' GEMMs stay full float32, as CuPy's batched matmul always is."""
+    from fakes.cuda import FakeStream
+
+    monkeypatch.setattr(backend, "tf32_effective", lambda: True)
+    ops, lib = get_ops(fake_cuda), fake_cuda.cublas
+    _stack_pair(fake_cuda, np.random.default_rng(3))
+    gemm = ops.batched_gemm()
+    assert gemm.tf32 is False
+    first = fake_cuda.xp.current_stream
+    other = FakeStream(non_blocking=True)
+    monkeypatch.setattr(fake_cuda.xp, "current_stream", other)
+    lib.batched = []
+    stack, _, pred = _stack_pair(fake_cuda, np.random.default_rng(3))
+    assert {c[0] for c in lib.batched} == {other.ptr} and lib.workspace is not None
+    assert set(gemm._workspaces) == {first.ptr, other.ptr}
+    assert gemm._workspaces[first.ptr] is not gemm._workspaces[other.ptr]
+    handles = lib.handles
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append((stack.predict(np.random.default_rng(3).standard_normal(
+        (40, 7))), ops.batched_gemm())))
+    worker.start()
+    worker.join()
+    assert lib.handles == handles + 1 and seen[0][1] is not gemm and seen[0][1].calls == 3
+    np.testing.assert_allclose(seen[0][0], pred, rtol=1e-12)
+
+
+@pytest.mark.parametrize("case, why", [
+    ("mixed dtypes", "dtypes float64, float32"),
+    ("output aliases an input", "shares memory with an input"),
+    ("overlapping output", "output's matrices overlap"),
+    ("column-major matrices", "not each C-contiguous"),
+])
+def test_operands_the_batched_gemm_does_not_take_go_to_the_reference_and_say_so(fake_cuda, caplog, case, why):
+    ops = get_ops(fake_cuda)
+    rng = np.random.default_rng(1)
+    xp = fake_cuda.xp
+    a, b = xp.asarray(rng.standard_normal((3, 4, 4))), xp.asarray(rng.standard_normal((3, 4, 4)))
+    out = None
+    if case == "mixed dtypes":
+        b = b.astype(np.float32)
+    elif case == "output aliases an input":
+        out = a
+    elif case == "overlapping output":
+        out = np.lib.stride_tricks.as_strided(xp.zeros(16), (3, 4, 4), (0, 32, 8)).view(type(a))
+    else:
+        a = xp.asarray(np.asfortranarray(rng.standard_normal((3, 4, 4))))
+        a = np.swapaxes(np.swapaxes(a, 1, 2).copy(), 1, 2)
+    want = np.matmul(np.asarray(a).copy(), np.asarray(b))
+    ops.batched_gemm()  # checked
+    calls = len(fake_cuda.cublas.batched)
+    with caplog.at_level(logging.INFO, logger="gpunet"):
+        got = ops.batched_matmul(a, b, out)
+    if case != "overlapping output":
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+    assert len(fake_cuda.cublas.batched) == calls and why in caplog.text
+
+
 def test_a_batched_gemm_that_fails_its_check_is_switched_off_loudly_and_the_stack_still_trains(
         fake_cuda, monkeypatch, caplog, rng):
-    """A strided-batched GEMM giving wrong numbers (here: it ignores the batch strides) fails its check at the first
+    """A strided-batched GEMM giving wrong numbers (here: it ignores the inputs' batch strides) fails its check at the first
     stack step: switched off with one warning naming it, the stack then trains through CuPy's matmul, as on the CPU."""
     real = FakeCublasLib._strided_batched
 
     def ignores_strides(self, ctype, handle, ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, count):
-        return real(self, ctype, handle, ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, count)
+        return real(self, ctype, handle, ta, tb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, sC, count)
 
     monkeypatch.setattr(FakeCublasLib, "_strided_batched", ignores_strides)
     with caplog.at_level(logging.WARNING, logger="gpunet"):

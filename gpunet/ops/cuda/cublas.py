@@ -133,6 +133,17 @@ def load_library():
     return lib
 
 
+def matrices_contiguous(x):
+    """Whether every matrix of the 3-D array ``x`` is C-contiguous (any batch stride >= 0), which a strided-batched
+    GEMM reads and writes in place. The stride of a size-1 axis is ignored (CuPy's no-copy reshape gives it the
+    stride of the axis before it, ``cupy/_core/_routines_manipulation.pyx`` ``_get_strides_for_nocopy_reshape``)."""
+    if x.ndim != 3 or min(x.shape) < 1:
+        return False
+    item = np.dtype(x.dtype).itemsize
+    return ((x.shape[2] == 1 or x.strides[2] == item) and (x.shape[1] == 1 or x.strides[1] == x.shape[2] * item)
+            and (x.shape[0] == 1 or (x.strides[0] >= 0 and x.strides[0] % item == 0)))
+
+
 def device_pointer(a):
     """The device address of a CuPy array (``ndarray.data.ptr``, which includes the view's offset)."""
     return a.data.ptr
@@ -155,6 +166,7 @@ class Gemm:
         self.tf32 = None
         self.set_tf32(tf32)
         self.workspace = xp.empty((WORKSPACE_BYTES,), dtype=xp.uint8)
+        self._workspaces = {}  # stream pointer -> its workspace (two streams must not share one: cuBLAS guide)
         self.stream = None
         self.calls = 0
 
@@ -177,8 +189,13 @@ class Gemm:
         if self.stream == stream_ptr:
             return
         self._check("cublasSetStream_v2", self.lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream_ptr)))
+        workspace = self._workspaces.get(stream_ptr)
+        if workspace is None:  # the first stream gets the one made with the handle; each further stream its own
+            workspace = self.workspace if not self._workspaces else self.xp.empty((WORKSPACE_BYTES,),
+                                                                                   dtype=self.xp.uint8)
+            self._workspaces[stream_ptr] = workspace
         self._check("cublasSetWorkspace_v2", self.lib.cublasSetWorkspace_v2(
-            self.handle, ctypes.c_void_p(self.ptr(self.workspace)), WORKSPACE_BYTES))
+            self.handle, ctypes.c_void_p(self.ptr(workspace)), WORKSPACE_BYTES))
         self.stream = stream_ptr
 
     def __call__(self, a, b, out, ta=False, tb=False):
@@ -212,10 +229,12 @@ class Gemm:
         dimension of 1 in ``a`` or ``b`` is broadcast (batch stride 0). The same row-major to column-major swap as
         :meth:`__call__`."""
         for name, x in (("a", a), ("b", b), ("out", out)):
-            item = np.dtype(x.dtype).itemsize
-            if x.ndim != 3 or x.strides[2] != item or x.strides[1] != x.shape[2] * item or x.strides[0] % item:
+            if not matrices_contiguous(x):
                 raise ValueError(f"batched GEMM operand {name} must be 3-D with C-contiguous matrices "
                                  f"(shape {tuple(x.shape)}, strides {tuple(x.strides)})")
+        item = np.dtype(out.dtype).itemsize
+        if out.shape[0] > 1 and out.strides[0] < out.shape[1] * out.shape[2] * item:
+            raise ValueError(f"batched GEMM output matrices overlap (batch stride {out.strides[0]} bytes)")
         if a.dtype != out.dtype or b.dtype != out.dtype:
             raise TypeError(f"GEMM dtypes differ: {a.dtype}, {b.dtype} -> {out.dtype}")
         count = out.shape[0]

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpunet import backend as _backend
 from gpunet.ops.codes import ACT_CODES, ELEMENTWISE
+import gpunet.ops.cuda.cublas as cublas
 from gpunet.ops.cuda.selfcheck import SelfCheck, dropout_reference
 from gpunet.ops.reference import ArrayOps
 
@@ -70,13 +70,6 @@ def _module(device_id):
 
 
 _MODULES = {}
-
-
-def _matrices_contiguous(x):
-    """Whether every matrix of the 3-D array ``x`` is C-contiguous (any batch stride): what a strided-batched
-    GEMM reads and writes in place."""
-    item = x.dtype.itemsize
-    return x.ndim == 3 and x.strides[2] == item and x.strides[1] == x.shape[2] * item and x.strides[0] % item == 0
 
 
 def _grid(n):
@@ -157,24 +150,41 @@ class CupyOps(SelfCheck, ArrayOps):
         """:meth:`ArrayOps.batched_matmul` through cuBLAS's strided-batched GEMM (:meth:`cublas.Gemm.batched`),
         which reads a stack's weight views and writes its gradient views in place, transposes as flags: CuPy's
         batched ``matmul`` copies each operand that is not contiguous as a whole, every call (the weights are
-        column blocks of the flat (K, n_params) buffer; a transpose is a strided view). The reference runs when
-        the path is off, while this thread captures a graph, or for an operand whose matrices are not each
-        C-contiguous (said once)."""
+        column blocks of the flat (K, n_params) buffer; a transpose is a strided view). Full float32 math, as
+        CuPy's batched ``matmul`` always computes (its handle stays in the default math mode, whatever
+        ``CUPY_TF32`` says), so the two paths round alike. The reference runs when the path is off, while this
+        thread captures a graph, or for operands it does not take (said once each): other or mixed dtypes, an
+        empty dimension, matrices that are not each C-contiguous, an output whose matrices overlap or that shares
+        memory with an input."""
         gemm = self.batched_gemm() if self.capture_gemm is None else None
         if gemm is None:
             return super().batched_matmul(a, b, out, ta, tb)
-        if not all(_matrices_contiguous(x) for x in (a, b) + (() if out is None else (out,))):
-            if "batched_layout" not in self._said:
-                self._said.add("batched_layout")
-                log.info("gpunet: a batched GEMM operand's matrices are not C-contiguous: CuPy's matmul (copying) "
-                         "runs for it")
+        why = self._batched_refusal(a, b, out)
+        if why:
+            if why not in self._said:
+                self._said.add(why)
+                log.info("gpunet: a batched GEMM runs through CuPy's matmul (copying its operands): %s", why)
             return super().batched_matmul(a, b, out, ta, tb)
         if out is None:
             out = self.xp.empty((max(a.shape[0], b.shape[0]), a.shape[2] if ta else a.shape[1],
                                  b.shape[1] if tb else b.shape[2]), dtype=a.dtype)
-        gemm.set_tf32(_backend.tf32_effective())  # round as CuPy's own float32 GEMMs do now
+        gemm.set_tf32(False)
         gemm.bind(self.xp.cuda.get_current_stream().ptr)
         return gemm.batched(a, b, out, ta, tb)
+
+    def _batched_refusal(self, a, b, out):
+        """Why :meth:`batched_matmul` hands these operands to the reference, or None."""
+        operands = (a, b) if out is None else (a, b, out)
+        if len({np.dtype(x.dtype) for x in operands}) > 1 or np.dtype(a.dtype) not in (np.float32, np.float64):
+            return f"dtypes {', '.join(str(x.dtype) for x in operands)}"
+        if not all(cublas.matrices_contiguous(x) for x in operands):
+            return "an operand's matrices are not each C-contiguous, or a dimension is empty"
+        if out is not None:
+            if out.shape[0] > 1 and out.strides[0] < out.shape[1] * out.shape[2] * out.dtype.itemsize:
+                return "the output's matrices overlap"
+            if self.xp.may_share_memory(out, a) or self.xp.may_share_memory(out, b):
+                return "the output shares memory with an input"
+        return None
 
     def take_rows(self, X, idx, out):
         return self.xp.take(X, idx, axis=0, out=out)

@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from gpunet import backend as _backend, optim
+from gpunet import optim
 from gpunet.ops.codes import ELEMENTWISE
 import gpunet.ops.cuda.graphs as graphs
 from gpunet.ops.reference import ArrayOps
@@ -85,7 +85,7 @@ class SelfCheck:
         self.reasons = {name: None for name in FAST_PATHS}
         self._graphs_checked = False
         self._graph_lock = threading.RLock()  # one graph check; other threads wait for its verdict
-        self._batched_gemm = None  # the checked C-API GEMM of the stacks' batched GEMMs (its own handle)
+        self._batched_local = threading.local()  # per thread: its own handle for the stacks' batched GEMMs
         self._batched_checked = False
 
     def _checked(self, name):
@@ -301,52 +301,77 @@ class SelfCheck:
         return None
 
     def batched_gemm(self):
-        """The strided-batched C-API GEMM once it has passed its check (run here at the first call, once per
-        process and device, with the graph lock), or None (off: the reference ``xp.matmul`` runs)."""
-        if self._batched_checked:
-            return self._batched_gemm if self.live["batched_gemm"] else None
-        with self._graph_lock:
-            if not self._batched_checked:
-                try:
-                    gemm = self._check_batched_gemm()
-                    self._batched_gemm, self.live["batched_gemm"] = gemm, True
-                except Exception as exc:  # no libcublas, a wrong result, a failed call
-                    self._report({"batched_gemm": describe(exc)})
-                self._batched_checked = True
-        return self._batched_gemm if self.live["batched_gemm"] else None
+        """This thread's strided-batched C-API GEMM once the path has passed its check (run at the first call, once
+        per process and device, under the graph lock), or None (off: the reference ``xp.matmul`` runs). Each thread
+        gets a handle of its own (cuBLAS advises against sharing a handle between threads, and each stream of a
+        handle gets its own workspace: :meth:`cublas.Gemm.bind`)."""
+        local = self._batched_local
+        gemm = getattr(local, "gemm", None)
+        if gemm is not None:
+            return gemm if self.live["batched_gemm"] else None
+        if not self._batched_checked:
+            with self._graph_lock:
+                if not self._batched_checked:
+                    try:
+                        local.gemm = self._check_batched_gemm()
+                        self.live["batched_gemm"] = True
+                    except Exception as exc:  # no libcublas, a wrong result, a failed call
+                        self._report({"batched_gemm": describe(exc)})
+                    self._batched_checked = True
+        if not self.live["batched_gemm"]:
+            return None
+        if getattr(local, "gemm", None) is None:  # a later thread: a handle of its own, like the checked one
+            try:
+                local.gemm = graphs.make_gemm(self.backend)
+            except Exception as exc:  # (out of memory for the workspace, say): this thread uses the reference
+                log.warning("gpunet: %s: no cuBLAS handle for this thread's batched GEMMs (%s): CuPy's matmul runs",
+                            self.backend.name, describe(exc))
+                local.gemm = False
+        return local.gemm or None
 
     def _check_batched_gemm(self):
         """The strided-batched GEMM on a handle of its own against the reference (``xp.matmul`` on contiguous
-        copies) in both dtypes: plain, each transpose, a broadcast batch of 1, and operands that are column
-        blocks of a flat (K, n_params) buffer (a stack's weights and gradients), written in place."""
+        copies) in both dtypes, full float32 math: plain, each transpose and both, a broadcast batch of one on
+        either side, a one-input layer (size-1 axes), operands that are column blocks of a flat (K, n_params)
+        buffer written in place without touching their neighbours, both at an odd offset and at a realistic
+        aligned layer size."""
         gemm = graphs.make_gemm(self.backend)
+        gemm.set_tf32(False)
         rng = np.random.default_rng(11)
+        u = lambda shape: rng.uniform(0.25, 1.0, shape)  # noqa: E731  (positive: no cancellation in a 256-term sum)
         xp = self.xp
         ref = ArrayOps(self.backend)
         stream = xp.cuda.get_current_stream()
         for dtype in ("float32", "float64"):
-            flat = self._dev(rng.standard_normal((3, 50)), dtype)  # 3 models, a (4, 5) block at column 7
-            W = xp.reshape(flat[:, 7:27], (3, 4, 5))
-            x, d = self._dev(rng.standard_normal((3, 6, 4)), dtype), self._dev(rng.standard_normal((3, 6, 5)), dtype)
-            one = self._dev(rng.standard_normal((1, 6, 4)), dtype)
-            grads = self._dev(np.zeros((3, 50)), dtype)
-            dW = xp.reshape(grads[:, 7:27], (3, 4, 5))
-            cases = ((x, W, None, False, False), (x, d, dW, True, False), (d, W, None, False, True),
-                     (one, W, None, False, False))
-            for a, b, out, ta, tb in cases:
-                count = max(a.shape[0], b.shape[0])
-                shape = (count, a.shape[2] if ta else a.shape[1], b.shape[1] if tb else b.shape[2])
-                target = out if out is not None else xp.empty(shape, dtype=a.dtype)
-                gemm.set_tf32(_backend.tf32_effective())
-                gemm.bind(stream.ptr)
-                gemm.batched(a, b, target, ta, tb)
-                want = ref.batched_matmul(xp.ascontiguousarray(a), xp.ascontiguousarray(b), None, ta, tb)
-                why = self._compare(f"{dtype} batched op(a)@op(b) ta={ta} tb={tb}", target, want, dtype, tf32=gemm.tf32)
-                if why:
-                    raise RuntimeError(f"wrong result: {why}")
-            untouched = self.backend.to_host(grads)
-            if np.any(untouched[:, :7]) or np.any(untouched[:, 27:]):
-                raise RuntimeError("wrong result: the batched GEMM wrote outside its output blocks")
+            align = 16 // np.dtype(dtype).itemsize
+            for K, n_in, n_out, rows, offset, width in ((3, 4, 5, 6, 7, 50), (3, 256, 128, 64, 8 * align,
+                                                                              256 * 128 + 32 * align),
+                                                        (2, 1, 5, 3, 1, 9)):
+                flat = self._dev(u((K, width)), dtype)
+                W = xp.reshape(flat[:, offset:offset + n_in * n_out], (K, n_in, n_out))
+                x = self._dev(u((K, rows, n_in)), dtype)
+                d = self._dev(u((K, rows, n_out)), dtype)
+                dT = self._dev(u((K, n_out, rows)), dtype)
+                one_x = self._dev(u((1, rows, n_in)), dtype)
+                one_W = self._dev(u((1, n_in, n_out)), dtype)
+                grads = self._dev(np.zeros((K, width)), dtype)
+                dW = xp.reshape(grads[:, offset:offset + n_in * n_out], (K, n_in, n_out))
+                cases = ((x, W, None, False, False), (x, d, dW, True, False), (d, W, None, False, True),
+                         (one_x, W, None, False, False), (x, one_W, None, False, False), (x, dT, None, True, True))
+                for a, b, out, ta, tb in cases:
+                    count = max(a.shape[0], b.shape[0])
+                    shape = (count, a.shape[2] if ta else a.shape[1], b.shape[1] if tb else b.shape[2])
+                    target = out if out is not None else xp.empty(shape, dtype=a.dtype)
+                    gemm.bind(stream.ptr)
+                    gemm.batched(a, b, target, ta, tb)
+                    want = ref.batched_matmul(xp.ascontiguousarray(a), xp.ascontiguousarray(b), None, ta, tb)
+                    why = self._compare(f"{dtype} batched ({K}, {n_in}, {n_out}) op(a)@op(b) ta={ta} tb={tb}",
+                                        target, want, dtype)
+                    if why:
+                        raise RuntimeError(f"wrong result: {why}")
+                untouched = self.backend.to_host(grads)
+                if np.any(untouched[:, :offset]) or np.any(untouched[:, offset + n_in * n_out:]):
+                    raise RuntimeError("wrong result: the batched GEMM wrote outside its output blocks")
         return gemm
 
     def _check_cublas_gemm(self):
