@@ -29,7 +29,7 @@ from gpunet import callbacks as _callbacks, checks, optim
 from gpunet.errors import DivergenceError
 from gpunet.model import MLP
 from gpunet.nn import activations, losses
-from gpunet.training import EpochSnapshot, batch_sizes
+from gpunet.training import EpochSnapshot, batch_sizes, per_model
 
 log = logging.getLogger("gpunet")
 
@@ -246,8 +246,8 @@ class MLPStack:
                     len(m.classes) == len(m0.classes) and np.array_equal(m.classes, m0.classes))):
                 raise ValueError(f"model {k}'s classes differ from model 0's: the models of a stack share their "
                                  f"classes (set_preprocessing)")
-        Xd, Yd, base = self._upload_training(X, y, loss)
-        val = self._upload_validation(validation_data, loss)
+        Xd, Yd, base = per_model.upload_training(self._models, self.backend, X, y, loss)
+        val = per_model.upload_validation(self._models, validation_data, loss)
         opt = self._stacked_optimizer(optimizer)
         # ---- nothing above changed any state ----
         self.optimizer, self.loss = opt, loss
@@ -311,93 +311,6 @@ class MLPStack:
         for h in self.histories:
             h.fast_paths = dict(self.fast_paths)
         return self.histories
-
-    # ------------------------------------------------------------------ data of every model
-    def _per_model(self, X, what):
-        """Whether ``X`` is a list of per-model arrays (2-D each) rather than one array for every model (a list of
-        rows is one array: its items are rows, not 2-D)."""
-        if not isinstance(X, (list, tuple)) or not X or not any(_is_2d(x) for x in X):
-            return False
-        for k, x in enumerate(X):
-            if not _is_2d(x):
-                raise ValueError(f"{what} is a list of per-model arrays, but {what}[{k}] is not 2-D (got "
-                                 f"{type(x).__name__} of shape {getattr(x, 'shape', None) or np.shape(x)})")
-        if len(X) != len(self):
-            raise ValueError(f"{what} is a list of {len(X)} arrays for a stack of {len(self)} models: give one per "
-                             f"model, or one array for all of them")
-        return True
-
-    def _groups(self, items):
-        """The models grouped by their data and standardisation: ``[(item, [k, ...])]`` in model order (models
-        given the same arrays and standardisation, e.g. the seeds of one fold, share one upload)."""
-        groups = {}
-        for k, (item, m) in enumerate(zip(items, self._models)):
-            key = tuple(id(v) for v in (*item, m.input_mean, m.input_scale))
-            groups.setdefault(key, (item, []))[1].append(k)
-        return list(groups.values())
-
-    def _upload_groups(self, items, loss, name):
-        """Each distinct (X, y) of ``items`` (one per model) checked and uploaded through the door of its first
-        model (:meth:`gpunet.MLP.upload`, with that model's standardisation): ``[(Xd, Yd, [k, ...])]``."""
-        out = []
-        shared = all(i is items[0] for i in items)
-        for (Xk, yk), ks in self._groups(items):
-            if yk is None and not shared:  # (shared data: the model's door says that y is required)
-                what = "y" if name == "X" else "validation_data"
-                raise ValueError(f"{what} has no targets for model {ks[0]}: pass the targets as well as the inputs")
-            where = name if shared else f"{name}[{ks[0]}]"
-            out.append((*self._models[ks[0]].upload(Xk, yk, loss, name=where, sparse=False), ks))
-        return out
-
-    def _upload_training(self, X, y, loss):
-        """``(Xd, Yd, base)``: the training data on the device, one block of rows per distinct data set and
-        standardisation, and each model's first row in it (``base``, host int64 (K,)). Every block goes through
-        the model's own door before anything changes."""
-        K = len(self)
-        if self._per_model(X, "X"):
-            if not isinstance(y, (list, tuple)) or len(y) != K:
-                raise ValueError(f"X is a list of {K} per-model arrays: y must be a list of {K} target arrays too")
-            items = list(zip(X, y))
-        else:
-            rows = getattr(X, "shape", (len(X),) if isinstance(X, (list, tuple)) else (None,))[0]
-            if isinstance(y, (list, tuple)) and len(y) == K and K != rows and y and \
-                    all(getattr(v, "ndim", 0) >= 1 for v in y):
-                raise ValueError(f"y is a list of {K} arrays (one per model) but X is one array: give X as a list of "
-                                 f"{K} arrays too, or y as one array for every model")
-            items = [(X, y)] * K
-        blocks = self._upload_groups(items, loss, "X")
-        rows = sorted({int(Xg.shape[0]) for Xg, _, _ in blocks})
-        if len(rows) > 1:
-            raise ValueError(f"the models' training sets have {rows} rows: a stack's models share their batch "
-                             f"boundaries, so every model needs the same number of training rows (stack the "
-                             f"equal-sized sets together)")
-        base = np.empty(K, dtype=np.int64)
-        for i, (_, _, ks) in enumerate(blocks):
-            base[ks] = i * rows[0]
-        if len(blocks) == 1:
-            return blocks[0][0], blocks[0][1], base
-        with self.backend.activate():
-            return _concat(self.xp, [b[0] for b in blocks]), _concat(self.xp, [b[1] for b in blocks]), base
-
-    def _upload_validation(self, validation_data, loss):
-        """``[(Xv, Yv, [k, ...])]``: each distinct validation set on the device (through the model's door, with
-        its standardisation) and the models evaluated on it; ``None`` without validation data."""
-        if validation_data is None:
-            return None
-        K = len(self)
-        if not isinstance(validation_data, (list, tuple)):
-            raise ValueError("validation_data must be a pair (X_val, y_val), or a list of one pair per model")
-        shared = len(validation_data) == 2 and _is_2d(validation_data[0])  # (X_val, y_val): X_val is 2-D
-        if shared:
-            return self._upload_groups([tuple(validation_data)] * K, loss, "validation_data X")
-        if len(validation_data) != K:
-            raise ValueError(f"validation_data has {len(validation_data)} items for a stack of {K} models: give one "
-                             f"(X_val, y_val) pair per model, or one pair for all of them")
-        for k, v in enumerate(validation_data):
-            if not isinstance(v, (list, tuple)) or len(v) != 2:
-                raise ValueError(f"validation_data[{k}] must be a pair (X_val, y_val) for model {k}, got "
-                                 f"{type(v).__name__}")
-        return self._upload_groups([tuple(v) for v in validation_data], loss, "validation_data X")
 
     def _validate(self, val, loss):
         """Every model's validation metrics, computed as :meth:`gpunet.MLP.evaluate_device` computes them for a
@@ -473,7 +386,7 @@ class MLPStack:
     def predict(self, X):
         """Outputs of every model for ``X``: a host array (K, n_samples, n_outputs). Changes nothing."""
         xp = self.xp
-        groups = self._groups([(X,)] * len(self))  # one upload per standardisation (folds have their own)
+        groups = per_model.groups([(X,)] * len(self), self._models)  # one upload per standardisation (folds)
         inputs = [(self._models[ks[0]].upload(X, None, None, targets=False, sparse=False)[0], ks) for _, ks in groups]
         out = None
         with self.backend.activate():
@@ -498,19 +411,6 @@ class MLPStack:
     def __repr__(self):
         return (f"MLPStack({list(self.layer_sizes)}, K={len(self)}, hidden_activation={self.hidden_activation!r}, "
                 f"output_activation={self.output_activation!r}, device={self.device!r}, dtype={self.dtype!r})")
-
-
-def _is_2d(x):
-    """Whether ``x`` is a 2-D array or a list of rows (one data set, not a row or a list of data sets)."""
-    ndim = getattr(x, "ndim", None)
-    if ndim is not None:
-        return ndim == 2
-    return isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], (list, tuple)) and \
-        (len(x[0]) == 0 or not isinstance(x[0][0], (list, tuple)))
-
-
-def _concat(xp, arrays):
-    return (xp.concat if hasattr(xp, "concat") else xp.concatenate)(arrays, axis=0)
 
 
 def _is_view(v, base):
